@@ -1,0 +1,156 @@
+//! The SCP wire format, one struct per published schema. A newer version
+//! reuses the older struct and adds only what it changed, so every
+//! response carries exactly its version's fields.
+
+use super::version::ApiVersion;
+use crate::service::{Quota, VolumeDetail, VolumeType};
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Serialize)]
+pub struct ServerView {
+    pub id: String,
+    pub device: String,
+    pub attached_at: String,
+}
+
+/// VolumeShowResponse (1.0, 1.1).
+#[derive(Serialize)]
+pub struct VolumeShow {
+    pub bootable: bool,
+    pub created_at: String,
+    pub encrypted: bool,
+    pub id: String,
+    pub modified_at: Option<String>,
+    pub multiattach: bool,
+    pub name: Option<String>,
+    pub servers: Vec<ServerView>,
+    pub size: u64,
+    pub snapshot_id: Option<String>,
+    pub state: String,
+    pub user_id: String,
+    pub volume_image_metadata: Option<Value>,
+    pub volume_type: String,
+    pub volume_type_id: String,
+}
+
+/// VolumeShowResponseV1Dot2 (1.2, 1.3): adds the QoS limits.
+#[derive(Serialize)]
+pub struct VolumeShowV1Dot2 {
+    #[serde(flatten)]
+    pub base: VolumeShow,
+    pub max_iops: Option<u32>,
+    pub max_throughput: Option<u32>,
+}
+
+fn base(d: &VolumeDetail) -> VolumeShow {
+    let v = &d.volume;
+    VolumeShow {
+        bootable: v.bootable,
+        created_at: v.created_at.clone(),
+        encrypted: v.encrypted,
+        id: v.id.clone(),
+        modified_at: Some(v.modified_at.clone()),
+        multiattach: v.multiattach,
+        name: Some(v.name.clone()),
+        servers: d
+            .attachments
+            .iter()
+            .map(|a| ServerView {
+                id: a.server_id.clone(),
+                device: a.device.clone(),
+                attached_at: a.attached_at.clone(),
+            })
+            .collect(),
+        size: v.size_gib,
+        snapshot_id: v.snapshot_id.clone(),
+        state: v.state.as_str().to_string(),
+        user_id: v.user_id.clone(),
+        volume_image_metadata: None,
+        volume_type: v.volume_type.clone(),
+        volume_type_id: v.volume_type_id.clone(),
+    }
+}
+
+pub fn volume(d: &VolumeDetail, ver: ApiVersion) -> Value {
+    let b = base(d);
+    let r = if ver.has_qos() {
+        serde_json::to_value(VolumeShowV1Dot2 {
+            base: b,
+            max_iops: d.volume.max_iops,
+            max_throughput: d.volume.max_throughput,
+        })
+    } else {
+        serde_json::to_value(b)
+    };
+    r.unwrap_or(Value::Null)
+}
+
+pub fn volume_list(items: &[VolumeDetail], count: Option<u64>, ver: ApiVersion) -> Value {
+    let mut m = serde_json::Map::new();
+    if let Some(c) = count {
+        m.insert("count".into(), Value::from(c));
+    }
+    m.insert(
+        "volumes".into(),
+        Value::Array(items.iter().map(|d| volume(d, ver)).collect()),
+    );
+    Value::Object(m)
+}
+
+#[derive(Serialize)]
+pub struct ExtraSpecs {
+    /// Cinder's spelling, which this API inherited.
+    pub multiattach: String,
+}
+
+#[derive(Serialize)]
+pub struct VolumeTypeView {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub extra_specs: ExtraSpecs,
+}
+
+pub fn volume_type(t: &VolumeType) -> VolumeTypeView {
+    VolumeTypeView {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        description: t.description.clone(),
+        extra_specs: ExtraSpecs {
+            multiattach: if t.multiattach { "<is> True" } else { "<is> False" }.to_string(),
+        },
+    }
+}
+
+#[derive(Serialize)]
+pub struct QuotaItem {
+    pub in_use: u64,
+    pub limit: u64,
+    pub reserved: u64,
+}
+
+#[derive(Serialize)]
+pub struct QuotaSet {
+    pub id: String,
+    pub per_volume_size: QuotaItem,
+    pub snapshots: QuotaItem,
+    /// Gigabytes in use by the project's volumes.
+    pub usages: QuotaItem,
+    pub volumes: QuotaItem,
+}
+
+pub fn quota_set(project: &str, q: &Quota) -> QuotaSet {
+    let item = |in_use, limit| QuotaItem {
+        in_use,
+        limit,
+        reserved: 0,
+    };
+    QuotaSet {
+        id: project.to_string(),
+        per_volume_size: item(0, q.limits.per_volume_gigabytes),
+        snapshots: item(q.usage.snapshots, q.limits.snapshots),
+        usages: item(q.usage.gigabytes, q.limits.gigabytes),
+        volumes: item(q.usage.volumes, q.limits.volumes),
+    }
+}

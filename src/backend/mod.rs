@@ -1,0 +1,96 @@
+//! Backends own where a volume's bytes live. The service only sees the
+//! `VolumeBackend` trait: create, grow and delete by volume id, each
+//! idempotent and reporting whether it changed anything. Today there is
+//! one backend, sparse or preallocated files under the data dir.
+
+pub mod file;
+
+use crate::config::Provisioning;
+use std::path::PathBuf;
+
+/// Whether a call changed anything (a re-run of a finished call does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Changed,
+    Unchanged,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("no space left on backend {backend}: {detail}")]
+    NoSpace { backend: String, detail: String },
+    #[error("volume {id} would shrink from {current} to {requested} bytes; shrinking is refused")]
+    Shrink {
+        id: String,
+        current: u64,
+        requested: u64,
+    },
+    #[error("invalid volume id {0:?}")]
+    InvalidId(String),
+    #[error("backend {backend}: {op} {target}: {source}")]
+    Io {
+        backend: String,
+        op: &'static str,
+        target: String,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendErrorKind {
+    NoSpace,
+    Shrink,
+    Invalid,
+    Io,
+}
+
+impl BackendError {
+    pub fn kind(&self) -> BackendErrorKind {
+        match self {
+            BackendError::NoSpace { .. } => BackendErrorKind::NoSpace,
+            BackendError::Shrink { .. } => BackendErrorKind::Shrink,
+            BackendError::InvalidId(_) => BackendErrorKind::Invalid,
+            BackendError::Io { .. } => BackendErrorKind::Io,
+        }
+    }
+}
+
+/// Where a local backend keeps a volume, for layers that need to open it
+/// (copy, export). Remote backends answer None.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    File(PathBuf),
+    BlockDevice(PathBuf),
+}
+
+/// Space a backend has, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub total: u64,
+    pub free: u64,
+}
+
+pub trait VolumeBackend: Send + Sync {
+    fn name(&self) -> &str;
+    /// Makes the volume exist with `size` bytes. Converges if it exists.
+    fn create(&self, id: &str, size: u64, prov: Provisioning) -> Result<Change, BackendError>;
+    /// Grows the volume to `size` bytes; refuses to shrink.
+    fn extend(&self, id: &str, size: u64, prov: Provisioning) -> Result<Change, BackendError>;
+    /// Removes the volume; an absent volume is Unchanged, not an error.
+    fn delete(&self, id: &str) -> Result<Change, BackendError>;
+    /// Current size in bytes, or None when the volume does not exist.
+    fn size(&self, id: &str) -> Result<Option<u64>, BackendError>;
+    fn capacity(&self) -> Result<Capacity, BackendError>;
+    /// Ids of every volume the backend holds.
+    fn list(&self) -> Result<Vec<String>, BackendError>;
+    fn location(&self, id: &str) -> Option<Location>;
+}
+
+/// Accepts only the server's own hyphenated UUIDs, so that no user input
+/// can ever reach a path or command line.
+pub fn check_id(id: &str) -> Result<(), BackendError> {
+    match uuid::Uuid::parse_str(id) {
+        Ok(u) if u.hyphenated().to_string() == id => Ok(()),
+        _ => Err(BackendError::InvalidId(id.to_string())),
+    }
+}

@@ -1,0 +1,162 @@
+//! Putting the daemon together: the data dir, the store, backends,
+//! credentials, start-up recovery, and the HTTP listener with graceful
+//! shutdown. Tests drive `Daemon::start` on 127.0.0.1:0.
+
+use crate::api::scp::{self, ScpState};
+use crate::api::scp::version::VersionTable;
+use crate::backend::VolumeBackend;
+use crate::backend::file::FileBackend;
+use crate::clock::SharedClock;
+use crate::config::{Config, load_or_generate_credentials};
+use crate::service::Service;
+use crate::store::Store;
+use axum::Router;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data dir {path}: {problem}")]
+    DataDir { path: String, problem: String },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("metadata store {path}: {source}")]
+    Store {
+        path: String,
+        source: crate::store::StoreError,
+    },
+    #[error("backend: {0}")]
+    Backend(#[from] crate::backend::BackendError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// The pieces of a started daemon, before it serves.
+pub struct Daemon {
+    pub service: Arc<Service>,
+    pub scp: Arc<ScpState>,
+    pub data_dir: PathBuf,
+    pub max_body: usize,
+}
+
+/// Makes `dir` (0700) and refuses one that others can write to.
+fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let bad = |problem: String| StartError::DataDir {
+        path: dir.display().to_string(),
+        problem,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| bad(e.to_string()))?;
+    let meta = std::fs::metadata(dir).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(bad("is not a directory".into()));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(bad(format!(
+            "mode {mode:o} lets other users write to it; use 0700"
+        )));
+    }
+    if mode & 0o077 != 0 {
+        tracing::warn!(path = %dir.display(), mode = format!("{mode:o}"), "data dir is readable by others; 0700 is advised");
+    }
+    Ok(())
+}
+
+impl Daemon {
+    /// Opens everything the config names and finishes interrupted jobs.
+    pub fn open(cfg: &Config, clock: SharedClock) -> Result<Daemon, StartError> {
+        let data_dir = cfg.data_dir();
+        prepare_data_dir(&data_dir)?;
+        let db = data_dir.join("blockd.db");
+        let store = Arc::new(Store::open(&db).map_err(|source| StartError::Store {
+            path: db.display().to_string(),
+            source,
+        })?);
+        let file = FileBackend::open("file", &data_dir.join("volumes"))?;
+        let mut backends: HashMap<String, Arc<dyn VolumeBackend>> = HashMap::new();
+        backends.insert("file".into(), Arc::new(file));
+
+        let creds = if cfg.scp.credentials.is_empty() {
+            let (c, new) = load_or_generate_credentials(&data_dir)?;
+            let path = data_dir.join(crate::config::CREDENTIALS_FILE);
+            if new {
+                tracing::info!(path = %path.display(), "generated SCP credentials (no credentials configured)");
+            } else {
+                tracing::info!(path = %path.display(), "using generated SCP credentials");
+            }
+            c
+        } else {
+            cfg.scp.credentials.clone()
+        };
+
+        let service = Arc::new(Service::new(cfg, store, backends, clock.clone()));
+        let scp = Arc::new(ScpState::new(
+            service.clone(),
+            clock,
+            VersionTable::new(cfg.versions()),
+            &creds,
+            cfg.scp.signature_window_secs,
+            &cfg.scp.url_scheme,
+        ));
+        Ok(Daemon {
+            service,
+            scp,
+            data_dir,
+            max_body: cfg.scp.max_body_bytes,
+        })
+    }
+
+    /// Resumes what a crash left unfinished. Needs a running runtime.
+    pub fn recover(&self) -> Result<(), StartError> {
+        let (resumed, failed) = self.service.recover().map_err(|source| StartError::Store {
+            path: self.data_dir.join("blockd.db").display().to_string(),
+            source,
+        })?;
+        if resumed + failed > 0 {
+            tracing::info!(resumed, failed, "start-up recovery done");
+        }
+        Ok(())
+    }
+
+    pub fn scp_app(&self) -> Router {
+        scp::router(self.scp.clone(), self.max_body)
+            .layer(axum::middleware::from_fn(crate::api::request_id))
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), StartError> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let local = l.local_addr().map_err(|source| StartError::Listen {
+        addr: addr.to_string(),
+        source,
+    })?;
+    Ok((l, local))
+}

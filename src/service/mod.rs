@@ -1,0 +1,610 @@
+//! The volume service: lifecycle rules, the state machine, quotas and the
+//! jobs that do the work. Both API dialects call it; it calls the store and
+//! the backends. Each mutation is recorded as a job in the same transaction
+//! that changes the volume's state, and every job ends in a terminal state,
+//! across restarts too.
+
+mod jobs;
+
+use crate::backend::{BackendError, Location, VolumeBackend};
+use crate::clock::{SharedClock, format_ts};
+use crate::config::{Config, Provisioning, QuotaConfig, QuotaLimits};
+use crate::store::model::*;
+use crate::store::{QuotaCheck, Store, StoreError, VolumePatch};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use tokio_util::task::TaskTracker;
+
+pub const GIB: u64 = 1 << 30;
+
+/// Who is asking. Volumes belong to projects; a caller sees its own
+/// project's volumes only, unless it is an admin.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub project_id: String,
+    pub user_id: String,
+    pub admin: bool,
+}
+
+impl Caller {
+    fn scope(&self) -> Option<&str> {
+        if self.admin {
+            None
+        } else {
+            Some(&self.project_id)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("quota exceeded for {resource}: limit {limit}, in use {in_use}, requested {requested}")]
+    QuotaExceeded {
+        resource: &'static str,
+        limit: u64,
+        in_use: u64,
+        requested: u64,
+    },
+    #[error("service is shutting down")]
+    Unavailable,
+    #[error(transparent)]
+    Store(StoreError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Stable kinds the dialects map to their own status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    Invalid,
+    Conflict,
+    QuotaExceeded,
+    Unavailable,
+    Internal,
+}
+
+impl ServiceError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ServiceError::NotFound { .. } => ErrorKind::NotFound,
+            ServiceError::Invalid { .. } => ErrorKind::Invalid,
+            ServiceError::Conflict(_) => ErrorKind::Conflict,
+            ServiceError::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
+            ServiceError::Unavailable => ErrorKind::Unavailable,
+            ServiceError::Store(_) | ServiceError::Backend(_) => ErrorKind::Internal,
+        }
+    }
+
+    pub fn invalid(field: &str, message: impl Into<String>) -> ServiceError {
+        ServiceError::Invalid {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Quota {
+                resource,
+                limit,
+                in_use,
+                requested,
+            } => ServiceError::QuotaExceeded {
+                resource,
+                limit,
+                in_use,
+                requested,
+            },
+            StoreError::MarkerNotFound(m) => {
+                ServiceError::invalid("marker", format!("marker {m} not found"))
+            }
+            e => ServiceError::Store(e),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ServiceError>;
+
+fn not_found(id: &str) -> impl FnOnce(StoreError) -> ServiceError + '_ {
+    move |e| match e {
+        StoreError::NotFound => ServiceError::NotFound {
+            what: "volume",
+            id: id.to_string(),
+        },
+        e => e.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VolumeType {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub provisioning: Provisioning,
+    pub multiattach: bool,
+    pub backend: String,
+}
+
+/// A volume with what its views show beside it.
+#[derive(Debug, Clone)]
+pub struct VolumeDetail {
+    pub volume: Volume,
+    pub attachments: Vec<Attachment>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateVolume {
+    pub name: String,
+    pub description: String,
+    pub size_gib: u64,
+    pub volume_type: Option<String>,
+    pub snapshot_id: Option<String>,
+    pub tags: Vec<Tag>,
+    pub max_iops: Option<u32>,
+    pub max_throughput: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub limits: QuotaLimits,
+    pub usage: Usage,
+}
+
+/// What a job needs to run again after a crash; stored as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum JobParams {
+    Create {
+        size_gib: u64,
+        provisioning: Provisioning,
+    },
+    Extend {
+        from_gib: u64,
+        to_gib: u64,
+        provisioning: Provisioning,
+        /// The state the volume returns to.
+        back_to: String,
+    },
+    Delete,
+    Update,
+}
+
+pub struct Service {
+    store: Arc<Store>,
+    backends: HashMap<String, Arc<dyn VolumeBackend>>,
+    types: Vec<VolumeType>,
+    default_type: String,
+    quota: RwLock<QuotaConfig>,
+    clock: SharedClock,
+    tasks: TaskTracker,
+    job_delay: std::time::Duration,
+}
+
+/// Volume type ids derived from names stay the same across restarts.
+const TYPE_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5c1b_7e0a_2d4f_4b8e_9a61_0c3d_b10c_d000);
+
+/// Deletion is allowed from these states only.
+const DELETABLE: &[VolumeState] = &[
+    VolumeState::Available,
+    VolumeState::Error,
+    VolumeState::ErrorExtending,
+    VolumeState::ErrorDeleting,
+    VolumeState::ErrorRestoring,
+];
+
+/// Metadata (name, QoS) may change in any state but these.
+const UPDATABLE: &[VolumeState] = &[
+    VolumeState::Creating,
+    VolumeState::Available,
+    VolumeState::Reserved,
+    VolumeState::Attaching,
+    VolumeState::Detaching,
+    VolumeState::InUse,
+    VolumeState::Extending,
+    VolumeState::Restoring,
+    VolumeState::AwaitingTransfer,
+    VolumeState::Error,
+    VolumeState::ErrorExtending,
+    VolumeState::ErrorDeleting,
+    VolumeState::ErrorRestoring,
+];
+
+impl Service {
+    pub fn new(
+        cfg: &Config,
+        store: Arc<Store>,
+        backends: HashMap<String, Arc<dyn VolumeBackend>>,
+        clock: SharedClock,
+    ) -> Service {
+        let types = cfg
+            .volume_types
+            .iter()
+            .map(|t| VolumeType {
+                id: t
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::new_v5(&TYPE_NAMESPACE, t.name.as_bytes()).to_string()),
+                name: t.name.clone(),
+                description: t.description.clone(),
+                provisioning: t.provisioning,
+                multiattach: t.multiattach,
+                backend: "file".to_string(),
+            })
+            .collect();
+        Service {
+            store,
+            backends,
+            types,
+            default_type: cfg.default_volume_type.clone(),
+            quota: RwLock::new(cfg.quota.clone()),
+            clock,
+            tasks: TaskTracker::new(),
+            job_delay: std::time::Duration::from_millis(cfg.jobs.debug_delay_ms),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    fn now(&self) -> String {
+        format_ts(self.clock.now())
+    }
+
+    fn backend(&self, name: &str) -> Result<Arc<dyn VolumeBackend>> {
+        self.backends.get(name).cloned().ok_or_else(|| {
+            ServiceError::Conflict(format!("backend {name:?} is not configured on this node"))
+        })
+    }
+
+    pub fn volume_types(&self) -> &[VolumeType] {
+        &self.types
+    }
+
+    pub fn default_volume_type(&self) -> &VolumeType {
+        // Config validation guarantees the default exists.
+        self.types
+            .iter()
+            .find(|t| t.name == self.default_type)
+            .unwrap_or(&self.types[0])
+    }
+
+    /// Finds a type by name or id.
+    pub fn volume_type(&self, name_or_id: &str) -> Option<&VolumeType> {
+        self.types
+            .iter()
+            .find(|t| t.name == name_or_id || t.id == name_or_id)
+    }
+
+    pub fn quota_limits(&self, project: &str) -> QuotaLimits {
+        self.quota
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .for_project(project)
+    }
+
+    pub fn quota(&self, caller: &Caller) -> Result<Quota> {
+        Ok(Quota {
+            limits: self.quota_limits(&caller.project_id),
+            usage: self.store.usage(&caller.project_id)?,
+        })
+    }
+
+    fn new_job(&self, kind: JobKind, caller: &Caller, volume_id: &str, params: &JobParams, state: JobState) -> Job {
+        let now = self.now();
+        Job {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind,
+            volume_id: Some(volume_id.to_string()),
+            project_id: caller.project_id.clone(),
+            state,
+            params: serde_json::to_string(params).unwrap_or_else(|_| "{}".into()),
+            error: None,
+            created_at: now.clone(),
+            updated_at: now,
+        }
+    }
+
+    fn detail(&self, volume: Volume) -> Result<VolumeDetail> {
+        let attachments = self.store.attachments(&volume.id)?;
+        Ok(VolumeDetail {
+            volume,
+            attachments,
+        })
+    }
+
+    pub fn create_volume(self: &Arc<Self>, caller: &Caller, req: CreateVolume) -> Result<VolumeDetail> {
+        if self.tasks.is_closed() {
+            return Err(ServiceError::Unavailable);
+        }
+        let vt = match &req.volume_type {
+            None => self.default_volume_type().clone(),
+            Some(t) => self
+                .volume_type(t)
+                .cloned()
+                .ok_or_else(|| ServiceError::NotFound {
+                    what: "volume type",
+                    id: t.clone(),
+                })?,
+        };
+        if req.size_gib == 0 {
+            return Err(ServiceError::invalid("size", "must be at least 1"));
+        }
+        let limits = self.quota_limits(&caller.project_id);
+        if req.size_gib > limits.per_volume_gigabytes {
+            return Err(ServiceError::QuotaExceeded {
+                resource: "per_volume_gigabytes",
+                limit: limits.per_volume_gigabytes,
+                in_use: 0,
+                requested: req.size_gib,
+            });
+        }
+        if let Some(s) = &req.snapshot_id {
+            if !self.store.snapshot_exists(&caller.project_id, s)? {
+                return Err(ServiceError::NotFound {
+                    what: "snapshot",
+                    id: s.clone(),
+                });
+            }
+            return Err(ServiceError::invalid(
+                "snapshot_id",
+                "creating a volume from a snapshot is not available yet",
+            ));
+        }
+        self.backend(&vt.backend)?;
+        let now = self.now();
+        let volume = Volume {
+            id: uuid::Uuid::new_v4().to_string(),
+            project_id: caller.project_id.clone(),
+            user_id: caller.user_id.clone(),
+            name: req.name,
+            description: req.description,
+            size_gib: req.size_gib,
+            volume_type_id: vt.id.clone(),
+            volume_type: vt.name.clone(),
+            state: VolumeState::Creating,
+            bootable: false,
+            encrypted: false,
+            multiattach: vt.multiattach,
+            snapshot_id: req.snapshot_id,
+            source_volid: None,
+            max_iops: req.max_iops,
+            max_throughput: req.max_throughput,
+            backend: vt.backend.clone(),
+            error_reason: None,
+            created_at: now.clone(),
+            modified_at: now,
+        };
+        let params = JobParams::Create {
+            size_gib: volume.size_gib,
+            provisioning: vt.provisioning,
+        };
+        let job = self.new_job(JobKind::CreateVolume, caller, &volume.id, &params, JobState::Pending);
+        self.store.create_volume(
+            &volume,
+            &req.tags,
+            &job,
+            &QuotaCheck {
+                volumes_limit: limits.volumes,
+                gigabytes_limit: limits.gigabytes,
+                add_volumes: 1,
+                add_gigabytes: volume.size_gib,
+            },
+        )?;
+        tracing::info!(volume = %volume.id, job = %job.id, size_gib = volume.size_gib, "volume create accepted");
+        self.spawn_job(job);
+        self.detail(volume)
+    }
+
+    pub fn get_volume(&self, caller: &Caller, id: &str) -> Result<VolumeDetail> {
+        let v = self.store.get_volume(caller.scope(), id).map_err(not_found(id))?;
+        self.detail(v)
+    }
+
+    pub fn list_volumes(&self, caller: &Caller, mut q: VolumeQuery) -> Result<Page<VolumeDetail>> {
+        if !caller.admin || q.project_id.is_none() {
+            q.project_id = caller.scope().map(String::from);
+        }
+        let page = self.store.list_volumes(&q)?;
+        let items = page
+            .items
+            .into_iter()
+            .map(|v| self.detail(v))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page {
+            items,
+            count: page.count,
+        })
+    }
+
+    pub fn update_volume(
+        &self,
+        caller: &Caller,
+        id: &str,
+        name: Option<String>,
+        description: Option<String>,
+    ) -> Result<VolumeDetail> {
+        let patch = VolumePatch {
+            name,
+            description,
+            ..Default::default()
+        };
+        self.patch(caller, id, JobKind::UpdateVolume, &patch)
+    }
+
+    /// Stores QoS limits; None keeps a limit as it is.
+    pub fn set_qos(
+        &self,
+        caller: &Caller,
+        id: &str,
+        max_iops: Option<u32>,
+        max_throughput: Option<u32>,
+    ) -> Result<VolumeDetail> {
+        let patch = VolumePatch {
+            max_iops,
+            max_throughput,
+            ..Default::default()
+        };
+        self.patch(caller, id, JobKind::SetQos, &patch)
+    }
+
+    fn patch(&self, caller: &Caller, id: &str, kind: JobKind, patch: &VolumePatch) -> Result<VolumeDetail> {
+        let job = self.new_job(kind, caller, id, &JobParams::Update, JobState::Succeeded);
+        let now = self.now();
+        let v = self
+            .store
+            .update_volume(caller.scope(), id, UPDATABLE, patch, &job, &now)
+            .map_err(not_found(id))
+            .map_err(|e| conflict(e, "update"))?;
+        self.detail(v)
+    }
+
+    pub fn extend_volume(self: &Arc<Self>, caller: &Caller, id: &str, new_size_gib: u64) -> Result<VolumeDetail> {
+        if self.tasks.is_closed() {
+            return Err(ServiceError::Unavailable);
+        }
+        let current = self.store.get_volume(caller.scope(), id).map_err(not_found(id))?;
+        if current.state != VolumeState::Available {
+            return Err(ServiceError::Conflict(format!(
+                "volume {id} is {}; it can be extended only when available",
+                current.state
+            )));
+        }
+        if new_size_gib <= current.size_gib {
+            return Err(ServiceError::invalid(
+                "size",
+                format!(
+                    "new size {new_size_gib} GiB must be larger than the current {} GiB; volumes only grow",
+                    current.size_gib
+                ),
+            ));
+        }
+        let limits = self.quota_limits(&current.project_id);
+        if new_size_gib > limits.per_volume_gigabytes {
+            return Err(ServiceError::QuotaExceeded {
+                resource: "per_volume_gigabytes",
+                limit: limits.per_volume_gigabytes,
+                in_use: current.size_gib,
+                requested: new_size_gib,
+            });
+        }
+        let vt = self.volume_type(&current.volume_type_id).cloned();
+        let params = JobParams::Extend {
+            from_gib: current.size_gib,
+            to_gib: new_size_gib,
+            provisioning: vt.map(|t| t.provisioning).unwrap_or(Provisioning::Sparse),
+            back_to: current.state.as_str().to_string(),
+        };
+        let job = self.new_job(JobKind::ExtendVolume, caller, id, &params, JobState::Pending);
+        let now = self.now();
+        let quota = QuotaCheck {
+            volumes_limit: limits.volumes,
+            gigabytes_limit: limits.gigabytes,
+            add_volumes: 0,
+            add_gigabytes: new_size_gib - current.size_gib,
+        };
+        self.store
+            .transition(
+                caller.scope(),
+                id,
+                &[VolumeState::Available],
+                VolumeState::Extending,
+                &job,
+                Some(&quota),
+                &now,
+            )
+            .map_err(not_found(id))
+            .map_err(|e| conflict(e, "extend"))?;
+        tracing::info!(volume = %id, job = %job.id, to_gib = new_size_gib, "volume extend accepted");
+        self.spawn_job(job);
+        self.get_volume(caller, id)
+    }
+
+    pub fn delete_volume(self: &Arc<Self>, caller: &Caller, id: &str, cascade: bool) -> Result<()> {
+        if self.tasks.is_closed() {
+            return Err(ServiceError::Unavailable);
+        }
+        let v = self.store.get_volume(caller.scope(), id).map_err(not_found(id))?;
+        if !DELETABLE.contains(&v.state) {
+            return Err(ServiceError::Conflict(format!(
+                "volume {id} is {}; it can be deleted only when available or in an error state",
+                v.state
+            )));
+        }
+        if !self.store.attachments(id)?.is_empty() {
+            return Err(ServiceError::Conflict(format!("volume {id} is attached")));
+        }
+        let snaps = self.store.snapshot_count(id)?;
+        if snaps > 0 {
+            let how = if cascade {
+                "cascade deletion of snapshots is not available yet"
+            } else {
+                "delete them first or pass cascade=true"
+            };
+            return Err(ServiceError::Conflict(format!(
+                "volume {id} has {snaps} snapshot(s); {how}"
+            )));
+        }
+        let job = self.new_job(JobKind::DeleteVolume, caller, id, &JobParams::Delete, JobState::Pending);
+        let now = self.now();
+        self.store
+            .transition(caller.scope(), id, DELETABLE, VolumeState::Deleting, &job, None, &now)
+            .map_err(not_found(id))
+            .map_err(|e| conflict(e, "delete"))?;
+        tracing::info!(volume = %id, job = %job.id, "volume delete accepted");
+        self.spawn_job(job);
+        Ok(())
+    }
+
+    /// Where the volume's bytes are, for operators and hypervisor glue.
+    pub fn location(&self, caller: &Caller, id: &str) -> Result<Option<Location>> {
+        let v = self.store.get_volume(caller.scope(), id).map_err(not_found(id))?;
+        Ok(self.backend(&v.backend)?.location(&v.id))
+    }
+
+    pub fn jobs_for_volume(&self, caller: &Caller, id: &str) -> Result<Vec<Job>> {
+        // Visibility follows the volume; a deleted volume's jobs stay
+        // readable to its project.
+        let jobs = self.store.jobs_for_volume(id, 50)?;
+        if !caller.admin && jobs.iter().any(|j| j.project_id != caller.project_id) {
+            return Err(ServiceError::NotFound {
+                what: "volume",
+                id: id.to_string(),
+            });
+        }
+        if jobs.is_empty() {
+            self.store.get_volume(caller.scope(), id).map_err(not_found(id))?;
+        }
+        Ok(jobs)
+    }
+
+    /// Stops taking new jobs and waits (bounded) for running ones.
+    pub async fn drain(&self, limit: std::time::Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(limit, self.tasks.wait()).await.is_ok()
+    }
+}
+
+/// A state check that failed inside the store's transaction is a conflict.
+fn conflict(e: ServiceError, op: &str) -> ServiceError {
+    match e {
+        ServiceError::Store(StoreError::WrongState(s)) => {
+            ServiceError::Conflict(format!("volume is {s}; cannot {op} it now"))
+        }
+        e => e,
+    }
+}

@@ -1,0 +1,928 @@
+//! The metadata store: one SQLite database (WAL, synchronous commits) with
+//! versioned migrations. All SQL in blockd lives here, behind typed calls;
+//! each call that changes state runs in one transaction.
+
+pub mod model;
+
+use model::*;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use std::path::Path;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("volume is {0}")]
+    WrongState(VolumeState),
+    #[error("marker {0} not found")]
+    MarkerNotFound(String),
+    #[error("quota exceeded for {resource}: limit {limit}, in use {in_use}, requested {requested}")]
+    Quota {
+        resource: &'static str,
+        limit: u64,
+        in_use: u64,
+        requested: u64,
+    },
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("stored row is damaged: {0}")]
+    Corrupt(String),
+}
+
+/// A stable name for each error, to match on without the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    NotFound,
+    WrongState,
+    MarkerNotFound,
+    Quota,
+    Db,
+}
+
+impl StoreError {
+    pub fn kind(&self) -> StoreErrorKind {
+        match self {
+            StoreError::NotFound => StoreErrorKind::NotFound,
+            StoreError::WrongState(_) => StoreErrorKind::WrongState,
+            StoreError::MarkerNotFound(_) => StoreErrorKind::MarkerNotFound,
+            StoreError::Quota { .. } => StoreErrorKind::Quota,
+            StoreError::Db(_) | StoreError::Corrupt(_) => StoreErrorKind::Db,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Checked inside the same transaction that adds the usage.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaCheck {
+    pub volumes_limit: u64,
+    pub gigabytes_limit: u64,
+    pub add_volumes: u64,
+    pub add_gigabytes: u64,
+}
+
+/// What finishing a job does to its volume.
+#[derive(Debug, Clone)]
+pub enum VolumeEffect {
+    Nothing,
+    SetState {
+        state: VolumeState,
+        size_gib: Option<u64>,
+        error_reason: Option<String>,
+    },
+    Remove,
+}
+
+/// Fields an update may change; None leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct VolumePatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub max_iops: Option<u32>,
+    pub max_throughput: Option<u32>,
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE volumes (
+        id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        size_gib INTEGER NOT NULL,
+        volume_type_id TEXT NOT NULL,
+        volume_type TEXT NOT NULL,
+        state TEXT NOT NULL,
+        bootable INTEGER NOT NULL DEFAULT 0,
+        encrypted INTEGER NOT NULL DEFAULT 0,
+        multiattach INTEGER NOT NULL DEFAULT 0,
+        snapshot_id TEXT,
+        source_volid TEXT,
+        max_iops INTEGER,
+        max_throughput INTEGER,
+        backend TEXT NOT NULL,
+        error_reason TEXT,
+        created_at TEXT NOT NULL,
+        modified_at TEXT NOT NULL
+    );
+    CREATE INDEX volumes_project_created ON volumes(project_id, created_at, id);
+    CREATE INDEX volumes_project_modified ON volumes(project_id, modified_at, id);
+    CREATE INDEX volumes_project_name ON volumes(project_id, name, id);
+    CREATE INDEX volumes_project_size ON volumes(project_id, size_gib, id);
+    CREATE INDEX volumes_project_state ON volumes(project_id, state, created_at, id);
+    CREATE INDEX volumes_created ON volumes(created_at, id);
+    CREATE INDEX volumes_state ON volumes(state);
+
+    CREATE TABLE volume_tags (
+        volume_id TEXT NOT NULL REFERENCES volumes(id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT,
+        PRIMARY KEY (volume_id, key)
+    );
+
+    CREATE TABLE attachments (
+        id TEXT PRIMARY KEY,
+        volume_id TEXT NOT NULL REFERENCES volumes(id) ON DELETE CASCADE,
+        server_id TEXT NOT NULL,
+        device TEXT NOT NULL,
+        attached_at TEXT NOT NULL,
+        delete_on_termination INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX attachments_volume ON attachments(volume_id);
+    CREATE UNIQUE INDEX attachments_server_device ON attachments(server_id, device);
+
+    CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        volume_id TEXT NOT NULL,
+        project_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT,
+        size_gib INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        metadata TEXT,
+        checksum TEXT,
+        error_reason TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX snapshots_volume ON snapshots(volume_id);
+    CREATE INDEX snapshots_project_created ON snapshots(project_id, created_at, id);
+
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        volume_id TEXT,
+        project_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        params TEXT NOT NULL DEFAULT '{}',
+        error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX jobs_unfinished ON jobs(state) WHERE state IN ('pending', 'running');
+    CREATE INDEX jobs_volume ON jobs(volume_id, created_at);
+    "#,
+];
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const VOLUME_COLS: &str = "id, project_id, user_id, name, description, size_gib, volume_type_id, \
+    volume_type, state, bootable, encrypted, multiattach, snapshot_id, source_volid, max_iops, \
+    max_throughput, backend, error_reason, created_at, modified_at";
+
+const JOB_COLS: &str =
+    "id, kind, volume_id, project_id, state, params, error, created_at, updated_at";
+
+fn volume_from_row(r: &Row) -> rusqlite::Result<Volume> {
+    let state: String = r.get(8)?;
+    let state = VolumeState::parse(&state).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            8,
+            rusqlite::types::Type::Text,
+            format!("unknown volume state {state:?}").into(),
+        )
+    })?;
+    Ok(Volume {
+        id: r.get(0)?,
+        project_id: r.get(1)?,
+        user_id: r.get(2)?,
+        name: r.get(3)?,
+        description: r.get(4)?,
+        size_gib: r.get(5)?,
+        volume_type_id: r.get(6)?,
+        volume_type: r.get(7)?,
+        state,
+        bootable: r.get(9)?,
+        encrypted: r.get(10)?,
+        multiattach: r.get(11)?,
+        snapshot_id: r.get(12)?,
+        source_volid: r.get(13)?,
+        max_iops: r.get(14)?,
+        max_throughput: r.get(15)?,
+        backend: r.get(16)?,
+        error_reason: r.get(17)?,
+        created_at: r.get(18)?,
+        modified_at: r.get(19)?,
+    })
+}
+
+fn job_from_row(r: &Row) -> rusqlite::Result<Job> {
+    let bad = |i, what: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, what.into())
+    };
+    let kind: String = r.get(1)?;
+    let state: String = r.get(4)?;
+    Ok(Job {
+        id: r.get(0)?,
+        kind: JobKind::parse(&kind).ok_or_else(|| bad(1, format!("unknown job kind {kind:?}")))?,
+        volume_id: r.get(2)?,
+        project_id: r.get(3)?,
+        state: JobState::parse(&state)
+            .ok_or_else(|| bad(4, format!("unknown job state {state:?}")))?,
+        params: r.get(5)?,
+        error: r.get(6)?,
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+    })
+}
+
+fn insert_job(tx: &Transaction, j: &Job) -> rusqlite::Result<()> {
+    tx.execute(
+        &format!("INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+        params![
+            j.id,
+            j.kind.as_str(),
+            j.volume_id,
+            j.project_id,
+            j.state.as_str(),
+            j.params,
+            j.error,
+            j.created_at,
+            j.updated_at
+        ],
+    )?;
+    Ok(())
+}
+
+fn usage_in(tx: &Connection, project: &str) -> rusqlite::Result<Usage> {
+    let (volumes, gigabytes): (u64, u64) = tx.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(size_gib), 0) FROM volumes WHERE project_id = ?1",
+        [project],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let snapshots: u64 = tx.query_row(
+        "SELECT COUNT(*) FROM snapshots WHERE project_id = ?1",
+        [project],
+        |r| r.get(0),
+    )?;
+    Ok(Usage {
+        volumes,
+        gigabytes,
+        snapshots,
+    })
+}
+
+fn check_quota(tx: &Connection, project: &str, q: &QuotaCheck) -> Result<()> {
+    let u = usage_in(tx, project)?;
+    if u.volumes + q.add_volumes > q.volumes_limit {
+        return Err(StoreError::Quota {
+            resource: "volumes",
+            limit: q.volumes_limit,
+            in_use: u.volumes,
+            requested: q.add_volumes,
+        });
+    }
+    if u.gigabytes + q.add_gigabytes > q.gigabytes_limit {
+        return Err(StoreError::Quota {
+            resource: "gigabytes",
+            limit: q.gigabytes_limit,
+            in_use: u.gigabytes,
+            requested: q.add_gigabytes,
+        });
+    }
+    Ok(())
+}
+
+fn get_volume_in(c: &Connection, project: Option<&str>, id: &str) -> Result<Volume> {
+    let v = match project {
+        Some(p) => c
+            .query_row(
+                &format!("SELECT {VOLUME_COLS} FROM volumes WHERE id = ?1 AND project_id = ?2"),
+                params![id, p],
+                volume_from_row,
+            )
+            .optional()?,
+        None => c
+            .query_row(
+                &format!("SELECT {VOLUME_COLS} FROM volumes WHERE id = ?1"),
+                params![id],
+                volume_from_row,
+            )
+            .optional()?,
+    };
+    v.ok_or(StoreError::NotFound)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        Store::init(conn)
+    }
+
+    fn init(mut conn: Connection) -> Result<Store> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if mode != "wal" && mode != "memory" {
+            return Err(StoreError::Corrupt(format!(
+                "journal mode is {mode}, expected wal"
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {version} is newer than this blockd ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+            tracing::info!(version = i + 1, "applied store migration");
+        }
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        // A poisoned lock only means another caller panicked mid-call; SQLite
+        // rolled its transaction back, so the connection is still sound.
+        let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut c)
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    pub fn schema_version(&self) -> Result<usize> {
+        self.with(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+    }
+
+    pub fn integrity_check(&self) -> Result<String> {
+        self.with(|c| Ok(c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?))
+    }
+
+    /// Inserts a new volume, its tags and its create job, after checking the
+    /// project's quota in the same transaction.
+    pub fn create_volume(
+        &self,
+        v: &Volume,
+        tags: &[Tag],
+        job: &Job,
+        quota: &QuotaCheck,
+    ) -> Result<()> {
+        self.write(|tx| {
+            check_quota(tx, &v.project_id, quota)?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO volumes ({VOLUME_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+                     ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+                ),
+                params![
+                    v.id,
+                    v.project_id,
+                    v.user_id,
+                    v.name,
+                    v.description,
+                    v.size_gib,
+                    v.volume_type_id,
+                    v.volume_type,
+                    v.state.as_str(),
+                    v.bootable,
+                    v.encrypted,
+                    v.multiattach,
+                    v.snapshot_id,
+                    v.source_volid,
+                    v.max_iops,
+                    v.max_throughput,
+                    v.backend,
+                    v.error_reason,
+                    v.created_at,
+                    v.modified_at
+                ],
+            )?;
+            for t in tags {
+                tx.execute(
+                    "INSERT OR REPLACE INTO volume_tags (volume_id, key, value) VALUES (?1, ?2, ?3)",
+                    params![v.id, t.key, t.value],
+                )?;
+            }
+            insert_job(tx, job)?;
+            Ok(())
+        })
+    }
+
+    pub fn get_volume(&self, project: Option<&str>, id: &str) -> Result<Volume> {
+        self.with(|c| get_volume_in(c, project, id))
+    }
+
+    pub fn volume_tags(&self, id: &str) -> Result<Vec<Tag>> {
+        self.with(|c| {
+            let mut st =
+                c.prepare_cached("SELECT key, value FROM volume_tags WHERE volume_id = ?1 ORDER BY key")?;
+            let rows = st.query_map([id], |r| {
+                Ok(Tag {
+                    key: r.get(0)?,
+                    value: r.get(1)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    pub fn attachments(&self, volume_id: &str) -> Result<Vec<Attachment>> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, volume_id, server_id, device, attached_at, delete_on_termination \
+                 FROM attachments WHERE volume_id = ?1 ORDER BY attached_at, id",
+            )?;
+            let rows = st.query_map([volume_id], |r| {
+                Ok(Attachment {
+                    id: r.get(0)?,
+                    volume_id: r.get(1)?,
+                    server_id: r.get(2)?,
+                    device: r.get(3)?,
+                    attached_at: r.get(4)?,
+                    delete_on_termination: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// One page of volumes. Ordering always ends with `id`, so a marker
+    /// names an exact position; the page is found through an index seek.
+    pub fn list_volumes(&self, q: &VolumeQuery) -> Result<Page<Volume>> {
+        self.with(|c| {
+            let mut filter = String::from(" WHERE 1=1");
+            let mut args: Vec<Value> = Vec::new();
+            if let Some(p) = &q.project_id {
+                args.push(Value::Text(p.clone()));
+                filter += &format!(" AND project_id = ?{}", args.len());
+            }
+            if let Some(n) = &q.name {
+                args.push(Value::Text(n.clone()));
+                filter += &format!(" AND name = ?{}", args.len());
+            }
+            if let Some(s) = &q.state {
+                args.push(Value::Text(s.clone()));
+                filter += &format!(" AND state = ?{}", args.len());
+            }
+            if let Some(b) = q.bootable {
+                args.push(Value::Integer(b as i64));
+                filter += &format!(" AND bootable = ?{}", args.len());
+            }
+            let count = if q.with_count {
+                let sql = format!("SELECT COUNT(*) FROM volumes{filter}");
+                Some(c.prepare_cached(&sql)?.query_row(
+                    rusqlite::params_from_iter(args.iter()),
+                    |r| r.get::<_, u64>(0),
+                )?)
+            } else {
+                None
+            };
+
+            let mut keys = q.sort.clone();
+            if !keys.iter().any(|(k, _)| *k == VolumeSortKey::Id) {
+                let dir = keys.last().map(|(_, d)| *d).unwrap_or(SortDir::Desc);
+                keys.push((VolumeSortKey::Id, dir));
+            }
+            let mut page_filter = filter.clone();
+            if let Some(m) = &q.marker {
+                let marker = get_volume_in(c, q.project_id.as_deref(), m)
+                    .map_err(|e| match e {
+                        StoreError::NotFound => StoreError::MarkerNotFound(m.clone()),
+                        e => e,
+                    })?;
+                // (k1 > v1) OR (k1 = v1 AND k2 > v2) OR ..., with < for desc.
+                let mut ors = Vec::new();
+                for i in 0..keys.len() {
+                    let mut ands = Vec::new();
+                    for (j, (k, d)) in keys.iter().enumerate().take(i + 1) {
+                        args.push(sort_value(&marker, *k));
+                        let op = if j < i {
+                            "="
+                        } else if *d == SortDir::Asc {
+                            ">"
+                        } else {
+                            "<"
+                        };
+                        ands.push(format!("{} {op} ?{}", k.column(), args.len()));
+                    }
+                    ors.push(format!("({})", ands.join(" AND ")));
+                }
+                page_filter += &format!(" AND ({})", ors.join(" OR "));
+            }
+            let order: Vec<String> = keys
+                .iter()
+                .map(|(k, d)| {
+                    format!(
+                        "{} {}",
+                        k.column(),
+                        if *d == SortDir::Asc { "ASC" } else { "DESC" }
+                    )
+                })
+                .collect();
+            args.push(Value::Integer(q.limit as i64));
+            let lim = args.len();
+            args.push(Value::Integer(q.offset.min(i64::MAX as u64) as i64));
+            let off = args.len();
+            let sql = format!(
+                "SELECT {VOLUME_COLS} FROM volumes{page_filter} ORDER BY {} LIMIT ?{lim} OFFSET ?{off}",
+                order.join(", ")
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(args.iter()), volume_from_row)?;
+            Ok(Page {
+                items: rows.collect::<rusqlite::Result<Vec<_>>>()?,
+                count,
+            })
+        })
+    }
+
+    /// Moves a volume from one of `allowed` to `to` and records `job`, in one
+    /// transaction. Returns the volume as it was before.
+    pub fn transition(
+        &self,
+        project: Option<&str>,
+        id: &str,
+        allowed: &[VolumeState],
+        to: VolumeState,
+        job: &Job,
+        quota: Option<&QuotaCheck>,
+        now: &str,
+    ) -> Result<Volume> {
+        self.write(|tx| {
+            let v = get_volume_in(tx, project, id)?;
+            if !allowed.contains(&v.state) {
+                return Err(StoreError::WrongState(v.state));
+            }
+            if let Some(q) = quota {
+                check_quota(tx, &v.project_id, q)?;
+            }
+            tx.execute(
+                "UPDATE volumes SET state = ?2, error_reason = NULL, modified_at = ?3 WHERE id = ?1",
+                params![id, to.as_str(), now],
+            )?;
+            insert_job(tx, job)?;
+            Ok(v)
+        })
+    }
+
+    /// Changes metadata fields in `allowed` states and records the change as
+    /// a finished job. Returns the updated volume.
+    pub fn update_volume(
+        &self,
+        project: Option<&str>,
+        id: &str,
+        allowed: &[VolumeState],
+        patch: &VolumePatch,
+        job: &Job,
+        now: &str,
+    ) -> Result<Volume> {
+        self.write(|tx| {
+            let v = get_volume_in(tx, project, id)?;
+            if !allowed.contains(&v.state) {
+                return Err(StoreError::WrongState(v.state));
+            }
+            tx.execute(
+                "UPDATE volumes SET name = COALESCE(?2, name), \
+                 description = COALESCE(?3, description), max_iops = COALESCE(?4, max_iops), \
+                 max_throughput = COALESCE(?5, max_throughput), modified_at = ?6 WHERE id = ?1",
+                params![
+                    id,
+                    patch.name,
+                    patch.description,
+                    patch.max_iops,
+                    patch.max_throughput,
+                    now
+                ],
+            )?;
+            insert_job(tx, job)?;
+            get_volume_in(tx, None, id)
+        })
+    }
+
+    pub fn mark_job_running(&self, job_id: &str, now: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET state = 'running', updated_at = ?2 WHERE id = ?1 AND state = 'pending'",
+                params![job_id, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Ends a job and applies its effect on the volume in one transaction.
+    pub fn finish_job(
+        &self,
+        job_id: &str,
+        state: JobState,
+        error: Option<&str>,
+        volume_id: Option<&str>,
+        effect: &VolumeEffect,
+        now: &str,
+    ) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1",
+                params![job_id, state.as_str(), error, now],
+            )?;
+            match (effect, volume_id) {
+                (VolumeEffect::Nothing, _) | (_, None) => {}
+                (
+                    VolumeEffect::SetState {
+                        state,
+                        size_gib,
+                        error_reason,
+                    },
+                    Some(id),
+                ) => {
+                    tx.execute(
+                        "UPDATE volumes SET state = ?2, size_gib = COALESCE(?3, size_gib), \
+                         error_reason = ?4, modified_at = ?5 WHERE id = ?1",
+                        params![id, state.as_str(), size_gib, error_reason, now],
+                    )?;
+                }
+                (VolumeEffect::Remove, Some(id)) => {
+                    tx.execute("DELETE FROM volumes WHERE id = ?1", [id])?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub fn get_job(&self, id: &str) -> Result<Job> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"),
+                [id],
+                job_from_row,
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound)
+        })
+    }
+
+    /// Jobs of one volume, newest first.
+    pub fn jobs_for_volume(&self, volume_id: &str, limit: u32) -> Result<Vec<Job>> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {JOB_COLS} FROM jobs WHERE volume_id = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2"
+            ))?;
+            let rows = st.query_map(params![volume_id, limit], job_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// Jobs not yet in a terminal state, oldest first.
+    pub fn unfinished_jobs(&self) -> Result<Vec<Job>> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {JOB_COLS} FROM jobs WHERE state IN ('pending', 'running') ORDER BY created_at, id"
+            ))?;
+            let rows = st.query_map([], job_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// Volumes whose state is transitional, whatever their jobs say.
+    pub fn volumes_in_transition(&self) -> Result<Vec<Volume>> {
+        self.with(|c| {
+            let states: Vec<String> = VolumeState::ALL
+                .iter()
+                .filter(|s| s.is_transitional())
+                .map(|s| format!("'{}'", s.as_str()))
+                .collect();
+            let mut st = c.prepare(&format!(
+                "SELECT {VOLUME_COLS} FROM volumes WHERE state IN ({})",
+                states.join(", ")
+            ))?;
+            let rows = st.query_map([], volume_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    pub fn all_volume_ids(&self) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT id FROM volumes")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    pub fn usage(&self, project: &str) -> Result<Usage> {
+        self.with(|c| Ok(usage_in(c, project)?))
+    }
+
+    pub fn snapshot_count(&self, volume_id: &str) -> Result<u64> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM snapshots WHERE volume_id = ?1",
+                [volume_id],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
+    pub fn snapshot_exists(&self, project: &str, id: &str) -> Result<bool> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM snapshots WHERE id = ?1 AND project_id = ?2",
+                params![id, project],
+                |r| r.get::<_, u64>(0),
+            )? > 0)
+        })
+    }
+}
+
+fn sort_value(v: &Volume, k: VolumeSortKey) -> Value {
+    match k {
+        VolumeSortKey::CreatedAt => Value::Text(v.created_at.clone()),
+        VolumeSortKey::ModifiedAt => Value::Text(v.modified_at.clone()),
+        VolumeSortKey::Name => Value::Text(v.name.clone()),
+        VolumeSortKey::Size => Value::Integer(v.size_gib as i64),
+        VolumeSortKey::State => Value::Text(v.state.as_str().to_string()),
+        VolumeSortKey::Id => Value::Text(v.id.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vol(id: &str, project: &str, name: &str, size: u64, created: &str) -> Volume {
+        Volume {
+            id: id.into(),
+            project_id: project.into(),
+            user_id: "u".into(),
+            name: name.into(),
+            description: String::new(),
+            size_gib: size,
+            volume_type_id: "t".into(),
+            volume_type: "SSD".into(),
+            state: VolumeState::Available,
+            bootable: false,
+            encrypted: false,
+            multiattach: false,
+            snapshot_id: None,
+            source_volid: None,
+            max_iops: None,
+            max_throughput: None,
+            backend: "file".into(),
+            error_reason: None,
+            created_at: created.into(),
+            modified_at: created.into(),
+        }
+    }
+
+    fn job(id: &str, vol: &str) -> Job {
+        Job {
+            id: id.into(),
+            kind: JobKind::CreateVolume,
+            volume_id: Some(vol.into()),
+            project_id: "p".into(),
+            state: JobState::Pending,
+            params: "{}".into(),
+            error: None,
+            created_at: "t".into(),
+            updated_at: "t".into(),
+        }
+    }
+
+    const BIG: QuotaCheck = QuotaCheck {
+        volumes_limit: 1000,
+        gigabytes_limit: 100000,
+        add_volumes: 1,
+        add_gigabytes: 8,
+    };
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("db")).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn migrations_are_idempotent() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("db");
+        drop(Store::open(&p).unwrap());
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
+        assert_eq!(s.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn keyset_pages_cover_everything_once_in_order() {
+        let (_d, s) = store();
+        for i in 0..25 {
+            // Repeated sizes and names force the id tie-breaker to matter.
+            let v = vol(
+                &format!("id{i:02}"),
+                "p",
+                &format!("n{}", i % 4),
+                8 * (i % 3 + 1),
+                &format!("2026-01-01T00:00:{:02}.000Z", i % 7),
+            );
+            s.create_volume(&v, &[], &job(&format!("j{i}"), &v.id), &BIG)
+                .unwrap();
+        }
+        for sort in [
+            vec![(VolumeSortKey::CreatedAt, SortDir::Desc)],
+            vec![(VolumeSortKey::Size, SortDir::Asc), (VolumeSortKey::Name, SortDir::Desc)],
+            vec![(VolumeSortKey::Name, SortDir::Asc)],
+        ] {
+            let all = s
+                .list_volumes(&VolumeQuery {
+                    project_id: Some("p".into()),
+                    sort: sort.clone(),
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .unwrap();
+            assert_eq!(all.count, Some(25));
+            let mut seen = Vec::new();
+            let mut marker = None;
+            loop {
+                let page = s
+                    .list_volumes(&VolumeQuery {
+                        project_id: Some("p".into()),
+                        sort: sort.clone(),
+                        limit: 4,
+                        marker: marker.clone(),
+                        with_count: false,
+                        ..Default::default()
+                    })
+                    .unwrap();
+                if page.items.is_empty() {
+                    break;
+                }
+                marker = page.items.last().map(|v| v.id.clone());
+                seen.extend(page.items.into_iter().map(|v| v.id));
+            }
+            let expect: Vec<String> = all.items.into_iter().map(|v| v.id).collect();
+            assert_eq!(seen, expect, "sort {sort:?}");
+        }
+    }
+
+    #[test]
+    fn quota_is_checked_in_the_insert_transaction() {
+        let (_d, s) = store();
+        let q = QuotaCheck {
+            volumes_limit: 1,
+            ..BIG
+        };
+        s.create_volume(&vol("a", "p", "a", 8, "t"), &[], &job("j1", "a"), &q)
+            .unwrap();
+        let e = s
+            .create_volume(&vol("b", "p", "b", 8, "t"), &[], &job("j2", "b"), &q)
+            .unwrap_err();
+        assert_eq!(e.kind(), StoreErrorKind::Quota);
+        assert!(s.get_volume(None, "b").is_err());
+        assert!(s.get_job("j2").is_err());
+    }
+
+    #[test]
+    fn transition_refuses_wrong_state_and_changes_nothing() {
+        let (_d, s) = store();
+        let mut v = vol("a", "p", "a", 8, "t");
+        v.state = VolumeState::Creating;
+        s.create_volume(&v, &[], &job("j1", "a"), &BIG).unwrap();
+        let e = s
+            .transition(
+                Some("p"),
+                "a",
+                &[VolumeState::Available],
+                VolumeState::Deleting,
+                &job("j2", "a"),
+                None,
+                "t2",
+            )
+            .unwrap_err();
+        assert!(matches!(e, StoreError::WrongState(VolumeState::Creating)));
+        assert_eq!(s.get_volume(None, "a").unwrap().state, VolumeState::Creating);
+        assert!(s.get_job("j2").is_err());
+        // Another project's volume is not found at all.
+        let e = s
+            .transition(
+                Some("q"),
+                "a",
+                &[VolumeState::Creating],
+                VolumeState::Deleting,
+                &job("j3", "a"),
+                None,
+                "t2",
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), StoreErrorKind::NotFound);
+    }
+}
