@@ -47,6 +47,7 @@ pub fn sign(secret: &str, req: &SignedRequest) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthFailure {
     MissingHeader(&'static str),
+    Duplicate(&'static str),
     BadTimestamp,
     Stale,
     UnknownKey,
@@ -60,6 +61,7 @@ impl AuthFailure {
     pub fn public_message(&self) -> String {
         match self {
             AuthFailure::MissingHeader(h) => format!("the {h} header is required"),
+            AuthFailure::Duplicate(h) => format!("the {h} header must appear once"),
             AuthFailure::BadTimestamp => {
                 "Scp-Timestamp must be Unix time in milliseconds".to_string()
             }

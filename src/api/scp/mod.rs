@@ -228,7 +228,15 @@ fn authorise(st: &ScpState, req: &Request) -> Result<Ctx, ScpError> {
         tracing::info!(reason = ?f, "authentication refused");
         ScpError::new(StatusCode::UNAUTHORIZED, "Unauthorized", f.public_message())
     };
-    let need = |name: &'static str| header_str(h, name).ok_or(AuthFailure::MissingHeader(name));
+    // Each signed header must appear once; two values would be ambiguous.
+    let need = |name: &'static str| {
+        let mut all = h.get_all(name).iter();
+        match (all.next().and_then(|v| v.to_str().ok()), all.next()) {
+            (Some(v), None) => Ok(v),
+            (Some(_), Some(_)) => Err(AuthFailure::Duplicate(name)),
+            (None, _) => Err(AuthFailure::MissingHeader(name)),
+        }
+    };
     let access_key = need("Scp-AccessKey").map_err(unauthorised)?;
     let signature = need("Scp-Signature").map_err(unauthorised)?;
     let timestamp = need("Scp-Timestamp").map_err(unauthorised)?;
