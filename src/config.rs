@@ -320,7 +320,10 @@ impl Config {
             .parse::<SocketAddr>()
             .map_err(|e| bad("scp.listen".into(), format!("not an address:port ({e})")))?;
         if self.scp.max_body_bytes < 1024 {
-            return Err(bad("scp.max_body_bytes".into(), "must be at least 1024".into()));
+            return Err(bad(
+                "scp.max_body_bytes".into(),
+                "must be at least 1024".into(),
+            ));
         }
         if self.scp.signature_window_secs <= 0 {
             return Err(bad(
@@ -356,8 +359,7 @@ impl Config {
                     )
                 })?;
             }
-            if !SERVED_SCP_VERSIONS.contains(&v.id.as_str()) && v.status != VersionStatus::Planned
-            {
+            if !SERVED_SCP_VERSIONS.contains(&v.id.as_str()) && v.status != VersionStatus::Planned {
                 return Err(bad(
                     format!("scp.versions[{i}].id"),
                     format!(
@@ -372,13 +374,13 @@ impl Config {
             .iter()
             .any(|v| v.status == VersionStatus::Current)
         {
-            return Err(bad(
-                "scp.versions".into(),
-                "no version is CURRENT".into(),
-            ));
+            return Err(bad("scp.versions".into(), "no version is CURRENT".into()));
         }
         if self.volume_types.is_empty() {
-            return Err(bad("volume_types".into(), "at least one type is needed".into()));
+            return Err(bad(
+                "volume_types".into(),
+                "at least one type is needed".into(),
+            ));
         }
         for (i, t) in self.volume_types.iter().enumerate() {
             if t.name.is_empty() || t.name.len() > 255 {

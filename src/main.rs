@@ -67,7 +67,11 @@ async fn serve(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Re
     blockd::server::run(listener, daemon.scp_app(), shutdown_signal())
         .await
         .context("serving the SCP API")?;
-    if !daemon.service.drain(std::time::Duration::from_secs(30)).await {
+    if !daemon
+        .service
+        .drain(std::time::Duration::from_secs(30))
+        .await
+    {
         tracing::warn!("jobs still running at exit; start-up recovery will finish them");
     }
     tracing::info!("stopped");

@@ -2,8 +2,8 @@
 //! credentials, start-up recovery, and the HTTP listener with graceful
 //! shutdown. Tests drive `Daemon::start` on 127.0.0.1:0.
 
-use crate::api::scp::{self, ScpState};
 use crate::api::scp::version::VersionTable;
+use crate::api::scp::{self, ScpState};
 use crate::backend::VolumeBackend;
 use crate::backend::file::FileBackend;
 use crate::clock::SharedClock;

@@ -74,15 +74,26 @@ async fn versions_document_is_open_and_lists_current() {
         .find(|v| v["id"] == "v1.3")
         .unwrap();
     assert_eq!(cur["status"], "CURRENT");
-    assert!(cur["links"][0]["href"].as_str().unwrap().starts_with("http://"));
+    assert!(
+        cur["links"][0]["href"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://")
+    );
 }
 
 #[tokio::test]
 async fn whole_lifecycle_on_every_version() {
-    let d = TestDaemon::start_with(OLD_VERSIONS_ON, Arc::new(OffsetClock(chrono::Duration::zero()))).await;
+    let d = TestDaemon::start_with(
+        OLD_VERSIONS_ON,
+        Arc::new(OffsetClock(chrono::Duration::zero())),
+    )
+    .await;
     for ver in ["1.0", "1.1", "1.2", "1.3"] {
         let c = d.client("a").version(Some(ver));
-        let v = c.create(&format!("vol {}", ver.replace('.', "-")), 16, None).await;
+        let v = c
+            .create(&format!("vol {}", ver.replace('.', "-")), 16, None)
+            .await;
         assert_eq!(keys(&v), expected_keys(ver), "create shape in {ver}");
         assert_eq!(v["state"], "creating");
         assert_eq!(v["user_id"], "user-a");
@@ -91,7 +102,10 @@ async fn whole_lifecycle_on_every_version() {
         assert_eq!(keys(&v), expected_keys(ver), "show shape in {ver}");
         assert_eq!(v["size"], 16);
         assert_eq!(v["volume_type"], "SSD");
-        assert!(v["modified_at"].is_string(), "modified_at is required in 1.0");
+        assert!(
+            v["modified_at"].is_string(),
+            "modified_at is required in 1.0"
+        );
         let m = std::fs::metadata(d.volume_path(&id)).unwrap();
         assert_eq!(m.len(), 16 * GIB);
         assert!(m.blocks() * 512 < (1 << 20), "SSD is sparse");
@@ -130,7 +144,10 @@ async fn whole_lifecycle_on_every_version() {
         assert_eq!(keys(&r.body), expected_keys(ver));
         let v = c.wait(&id, &["available"]).await;
         assert_eq!(v["size"], 24);
-        assert_eq!(std::fs::metadata(d.volume_path(&id)).unwrap().len(), 24 * GIB);
+        assert_eq!(
+            std::fs::metadata(d.volume_path(&id)).unwrap().len(),
+            24 * GIB
+        );
 
         let qos = c
             .call(
@@ -148,7 +165,9 @@ async fn whole_lifecycle_on_every_version() {
             assert_eq!(qos.status, StatusCode::NOT_FOUND, "qos is 1.2+");
         }
 
-        let r = c.call(Method::DELETE, &format!("/v1/volumes/{id}"), None).await;
+        let r = c
+            .call(Method::DELETE, &format!("/v1/volumes/{id}"), None)
+            .await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
         c.wait(&id, &[]).await;
         assert!(!d.volume_path(&id).exists(), "file removed");
@@ -157,9 +176,16 @@ async fn whole_lifecycle_on_every_version() {
 
 #[tokio::test]
 async fn qos_given_at_create_is_shown_from_1_2_and_refused_before() {
-    let d = TestDaemon::start_with(OLD_VERSIONS_ON, Arc::new(OffsetClock(chrono::Duration::zero()))).await;
+    let d = TestDaemon::start_with(
+        OLD_VERSIONS_ON,
+        Arc::new(OffsetClock(chrono::Duration::zero())),
+    )
+    .await;
     let body = json!({"name": "q", "size": 8, "max_iops": 1000, "max_throughput": 50, "snapshot_id": null, "tags": null, "volume_type": null});
-    let a = d.client("a").call(Method::POST, "/v1/volumes", Some(body.clone())).await;
+    let a = d
+        .client("a")
+        .call(Method::POST, "/v1/volumes", Some(body.clone()))
+        .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
     assert_eq!(a.body["max_iops"], 1000);
     assert_eq!(a.body["max_throughput"], 50);
@@ -182,7 +208,11 @@ async fn provisioned_volumes_are_fully_allocated() {
     c.wait(id, &["available"]).await;
     let m = std::fs::metadata(d.volume_path(id)).unwrap();
     assert_eq!(m.len(), 8 * GIB);
-    assert!(m.blocks() * 512 >= 8 * GIB, "allocated {} bytes", m.blocks() * 512);
+    assert!(
+        m.blocks() * 512 >= 8 * GIB,
+        "allocated {} bytes",
+        m.blocks() * 512
+    );
     let v = c.create("thin", 8, Some("HDD")).await;
     let id = v["id"].as_str().unwrap();
     c.wait(id, &["available"]).await;
@@ -212,12 +242,24 @@ async fn bad_input_gets_400_naming_the_field_and_changes_nothing() {
         (r#"{"name": "ünïcode", "size": 8}"#, "name"),
         (r#"{"name": 5, "size": 8}"#, "name"),
         (r#"{"name": "ok", "size": 8, "colour": "red"}"#, "colour"),
-        (r#"{"name": "ok", "size": 8, "volume_type": "GOLD"}"#, "volume_type"),
-        (r#"{"name": "ok", "size": 8, "tags": [{"value": "v"}]}"#, "tags[0].key"),
+        (
+            r#"{"name": "ok", "size": 8, "volume_type": "GOLD"}"#,
+            "volume_type",
+        ),
+        (
+            r#"{"name": "ok", "size": 8, "tags": [{"value": "v"}]}"#,
+            "tags[0].key",
+        ),
         (r#"{"name": "ok", "size": 8, "tags": "x"}"#, "tags"),
         (r#"{"name": "ok", "size": 8, "max_iops": 0}"#, "max_iops"),
-        (r#"{"name": "ok", "size": 8, "max_throughput": 3000000000}"#, "max_throughput"),
-        (r#"{"name": "ok", "size": 8, "snapshot_id": "nope"}"#, "snapshot_id"),
+        (
+            r#"{"name": "ok", "size": 8, "max_throughput": 3000000000}"#,
+            "max_throughput",
+        ),
+        (
+            r#"{"name": "ok", "size": 8, "snapshot_id": "nope"}"#,
+            "snapshot_id",
+        ),
     ];
     let long = format!(r#"{{"name": "{}", "size": 8}}"#, "a".repeat(256));
     let mut all = cases.clone();
@@ -231,14 +273,19 @@ async fn bad_input_gets_400_naming_the_field_and_changes_nothing() {
         .await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.text);
         let det = detail(&a);
-        assert!(det.contains(field), "{body}: detail {det:?} should name {field}");
+        assert!(
+            det.contains(field),
+            "{body}: detail {det:?} should name {field}"
+        );
         assert_eq!(a.body["errors"][0]["code"], "BadRequest", "{body}");
         assert!(a.body["errors"][0]["title"].is_string());
     }
     let l = c.get("/v1/volumes").await;
     assert_eq!(l.body["count"], 0, "nothing was created");
     assert_eq!(
-        std::fs::read_dir(d.dir.path().join("data/volumes")).unwrap().count(),
+        std::fs::read_dir(d.dir.path().join("data/volumes"))
+            .unwrap()
+            .count(),
         0
     );
 
@@ -254,17 +301,28 @@ async fn bad_input_gets_400_naming_the_field_and_changes_nothing() {
         (json!({"size": "16"}), "size"),
     ] {
         let a = c
-            .call(Method::PUT, &format!("/v1/volumes/{id}/size"), Some(body.clone()))
+            .call(
+                Method::PUT,
+                &format!("/v1/volumes/{id}/size"),
+                Some(body.clone()),
+            )
             .await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.text);
         assert!(detail(&a).contains(field));
     }
     let a = c
-        .call(Method::PUT, &format!("/v1/volumes/{id}"), Some(json!({"name": "x/y"})))
+        .call(
+            Method::PUT,
+            &format!("/v1/volumes/{id}"),
+            Some(json!({"name": "x/y"})),
+        )
         .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     let v = c.get(&format!("/v1/volumes/{id}")).await.body;
-    assert_eq!((v["size"].as_u64(), v["name"].as_str()), (Some(8), Some("good")));
+    assert_eq!(
+        (v["size"].as_u64(), v["name"].as_str()),
+        (Some(8), Some("good"))
+    );
 
     // Query parameters.
     for q in [
@@ -310,7 +368,9 @@ async fn unknown_routes_and_methods_answer_in_scp_format() {
     detail(&a);
     let a = c.get("/v1/volumes/not-a-uuid").await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
-    let a = c.get("/v1/volumes/3f500f00-ed80-4566-a057-e31760226f9a").await;
+    let a = c
+        .get("/v1/volumes/3f500f00-ed80-4566-a057-e31760226f9a")
+        .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert!(a.headers.contains_key("x-request-id"));
 }
@@ -330,21 +390,32 @@ async fn auth_failures_get_401() {
     // A bad signature, a signature that is not base64, and two signatures.
     for bad in ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "%%%"] {
         let mut req = c.signed(Method::GET, "/v1/volumes", None).build().unwrap();
-        req.headers_mut().insert("Scp-Signature", bad.parse().unwrap());
+        req.headers_mut()
+            .insert("Scp-Signature", bad.parse().unwrap());
         assert_eq!(c.exec(req).await.status, StatusCode::UNAUTHORIZED, "{bad}");
     }
     let mut req = c.signed(Method::GET, "/v1/volumes", None).build().unwrap();
     let good = req.headers()["Scp-Signature"].clone();
     req.headers_mut().append("Scp-Signature", good);
-    assert_eq!(c.exec(req).await.status, StatusCode::UNAUTHORIZED, "duplicate signature headers");
+    assert_eq!(
+        c.exec(req).await.status,
+        StatusCode::UNAUTHORIZED,
+        "duplicate signature headers"
+    );
 
     // An unknown key, and a known key with the wrong secret.
     let mut stranger = c.clone();
     stranger.cred.access_key = "ak-nobody".into();
-    assert_eq!(stranger.get("/v1/volumes").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        stranger.get("/v1/volumes").await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let mut wrong = c.clone();
     wrong.cred.secret_key = "not-the-secret-at-all".into();
-    assert_eq!(wrong.get("/v1/volumes").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        wrong.get("/v1/volumes").await.status,
+        StatusCode::UNAUTHORIZED
+    );
 
     // A stale and a future timestamp.
     for skew in [-6 * 60, 6 * 60] {
@@ -368,12 +439,18 @@ async fn auth_failures_get_401() {
     assert!(detail(&a).contains("already used"));
 
     // A tampered query: signed for limit=5, sent with limit=6.
-    let sig_for = c.signed(Method::GET, "/v1/volumes?limit=5", None).build().unwrap();
+    let sig_for = c
+        .signed(Method::GET, "/v1/volumes?limit=5", None)
+        .build()
+        .unwrap();
     let mut tampered = c.http.get(format!("{}/v1/volumes?limit=6", c.base));
     for (k, v) in sig_for.headers() {
         tampered = tampered.header(k, v);
     }
-    assert_eq!(Client::send(tampered).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        Client::send(tampered).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 
     // A signature for another method.
     let sig_get = c.signed(Method::GET, "/v1/volumes", None).build().unwrap();
@@ -416,7 +493,10 @@ async fn version_negotiation_follows_the_lifecycle() {
     }
     let mut bad = d.client("a");
     bad.version = Some("blockstorage 1.3".into());
-    assert_eq!(bad.get("/v1/volumes").await.status, StatusCode::NOT_ACCEPTABLE);
+    assert_eq!(
+        bad.get("/v1/volumes").await.status,
+        StatusCode::NOT_ACCEPTABLE
+    );
 
     // Before 1.1's date it is callable; a PLANNED version never is.
     let planned = r#"
@@ -433,9 +513,20 @@ status = "PLANNED"
             - chrono::Utc::now(),
     ));
     let d = TestDaemon::start_with(planned, back).await;
-    assert_eq!(d.client("a").version(Some("1.1")).get("/v1/volumes").await.status, StatusCode::OK);
     assert_eq!(
-        d.client("a").version(Some("1.0")).get("/v1/volumes").await.status,
+        d.client("a")
+            .version(Some("1.1"))
+            .get("/v1/volumes")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        d.client("a")
+            .version(Some("1.0"))
+            .get("/v1/volumes")
+            .await
+            .status,
         StatusCode::NOT_ACCEPTABLE
     );
     let a = d.client("a").version(Some("1.4")).get("/v1/volumes").await;
@@ -452,7 +543,12 @@ async fn pagination_walks_every_volume_once() {
         let v = c.create(&format!("v{:02}", i % 9), 8, None).await;
         ids.push(v["id"].as_str().unwrap().to_string());
     }
-    for sort in ["created_at:desc", "name:asc,created_at:desc", "size,name:desc", "id:asc"] {
+    for sort in [
+        "created_at:desc",
+        "name:asc,created_at:desc",
+        "size,name:desc",
+        "id:asc",
+    ] {
         let mut seen: Vec<String> = Vec::new();
         let mut marker: Option<String> = None;
         loop {
@@ -506,10 +602,24 @@ async fn pagination_walks_every_volume_once() {
     assert_eq!(a.body["volumes"].as_array().unwrap().len(), 3);
     let a = c.get("/v1/volumes?name=v03&with_count=false").await;
     assert!(a.body.get("count").is_none());
-    assert!(a.body["volumes"].as_array().unwrap().iter().all(|v| v["name"] == "v03"));
+    assert!(
+        a.body["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["name"] == "v03")
+    );
     assert_eq!(a.body["volumes"].as_array().unwrap().len(), 3);
-    let a = c.get("/v1/volumes?state=available&bootable=False&limit=1000").await;
-    assert!(a.body["volumes"].as_array().unwrap().iter().all(|v| v["state"] == "available"));
+    let a = c
+        .get("/v1/volumes?state=available&bootable=False&limit=1000")
+        .await;
+    assert!(
+        a.body["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] == "available")
+    );
     // Default page size is 20.
     let a = c.get("/v1/volumes").await;
     assert_eq!(a.body["volumes"].as_array().unwrap().len(), 20);
@@ -528,18 +638,32 @@ async fn projects_are_isolated() {
         let show = b.get(&format!("/v1/volumes/{target}")).await;
         assert_eq!(show.status, StatusCode::NOT_FOUND);
         let put = b
-            .call(Method::PUT, &format!("/v1/volumes/{target}"), Some(json!({"name": "theirs"})))
+            .call(
+                Method::PUT,
+                &format!("/v1/volumes/{target}"),
+                Some(json!({"name": "theirs"})),
+            )
             .await;
         assert_eq!(put.status, StatusCode::NOT_FOUND);
         let ext = b
-            .call(Method::PUT, &format!("/v1/volumes/{target}/size"), Some(json!({"size": 16})))
+            .call(
+                Method::PUT,
+                &format!("/v1/volumes/{target}/size"),
+                Some(json!({"size": 16})),
+            )
             .await;
         assert_eq!(ext.status, StatusCode::NOT_FOUND);
         let qos = b
-            .call(Method::PUT, &format!("/v1/volumes/{target}/qos"), Some(json!({"max_iops": 5})))
+            .call(
+                Method::PUT,
+                &format!("/v1/volumes/{target}/qos"),
+                Some(json!({"max_iops": 5})),
+            )
             .await;
         assert_eq!(qos.status, StatusCode::NOT_FOUND);
-        let del = b.call(Method::DELETE, &format!("/v1/volumes/{target}"), None).await;
+        let del = b
+            .call(Method::DELETE, &format!("/v1/volumes/{target}"), None)
+            .await;
         assert_eq!(del.status, StatusCode::NOT_FOUND);
         let native = b.get(&format!("/blockd/v1/volumes/{target}")).await;
         assert_eq!(native.status, StatusCode::NOT_FOUND);
@@ -551,7 +675,10 @@ async fn projects_are_isolated() {
     }
     assert_eq!(b.get("/v1/volumes").await.body["count"], 0);
     let v = a.get(&format!("/v1/volumes/{id}")).await.body;
-    assert_eq!((v["name"].as_str(), v["size"].as_u64()), (Some("mine"), Some(8)));
+    assert_eq!(
+        (v["name"].as_str(), v["size"].as_u64()),
+        (Some("mine"), Some(8))
+    );
     assert!(d.volume_path(&id).exists());
 }
 
@@ -566,22 +693,39 @@ async fn wrong_state_gets_409_and_changes_nothing() {
     let v = c.create("slow", 8, None).await;
     let id = v["id"].as_str().unwrap();
     let ext = c
-        .call(Method::PUT, &format!("/v1/volumes/{id}/size"), Some(json!({"size": 16})))
+        .call(
+            Method::PUT,
+            &format!("/v1/volumes/{id}/size"),
+            Some(json!({"size": 16})),
+        )
         .await;
     assert_eq!(ext.status, StatusCode::CONFLICT, "{}", ext.text);
-    let del = c.call(Method::DELETE, &format!("/v1/volumes/{id}"), None).await;
+    let del = c
+        .call(Method::DELETE, &format!("/v1/volumes/{id}"), None)
+        .await;
     assert_eq!(del.status, StatusCode::CONFLICT);
     assert_eq!(del.body["errors"][0]["code"], "Conflict");
     let v = c.wait(id, &["available"]).await;
     assert_eq!(v["size"], 8);
     // Extending: a second extend and a delete both conflict.
     let r = c
-        .call(Method::PUT, &format!("/v1/volumes/{id}/size"), Some(json!({"size": 16})))
+        .call(
+            Method::PUT,
+            &format!("/v1/volumes/{id}/size"),
+            Some(json!({"size": 16})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
-    assert_eq!(c.get(&format!("/v1/volumes/{id}")).await.body["state"], "extending");
+    assert_eq!(
+        c.get(&format!("/v1/volumes/{id}")).await.body["state"],
+        "extending"
+    );
     let r2 = c
-        .call(Method::PUT, &format!("/v1/volumes/{id}/size"), Some(json!({"size": 32})))
+        .call(
+            Method::PUT,
+            &format!("/v1/volumes/{id}/size"),
+            Some(json!({"size": 32})),
+        )
         .await;
     assert_eq!(r2.status, StatusCode::CONFLICT);
     let v = c.wait(id, &["available"]).await;
@@ -604,34 +748,53 @@ async fn quotas_are_enforced_and_reported() {
     .await;
     let c = d.client("a");
     let big = c
-        .call(Method::POST, "/v1/volumes", Some(json!({"name": "big", "size": 40})))
+        .call(
+            Method::POST,
+            "/v1/volumes",
+            Some(json!({"name": "big", "size": 40})),
+        )
         .await;
     assert_eq!(big.status, StatusCode::BAD_REQUEST);
     assert!(detail(&big).contains("per_volume"), "{}", big.text);
     let v1 = c.create("one", 24, None).await;
     let over = c
-        .call(Method::POST, "/v1/volumes", Some(json!({"name": "two", "size": 24})))
+        .call(
+            Method::POST,
+            "/v1/volumes",
+            Some(json!({"name": "two", "size": 24})),
+        )
         .await;
     assert_eq!(over.status, StatusCode::BAD_REQUEST);
     assert_eq!(over.body["errors"][0]["code"], "QuotaExceeded");
     assert!(detail(&over).contains("gigabytes"));
     c.create("two", 16, None).await;
     let third = c
-        .call(Method::POST, "/v1/volumes", Some(json!({"name": "three", "size": 8})))
+        .call(
+            Method::POST,
+            "/v1/volumes",
+            Some(json!({"name": "three", "size": 8})),
+        )
         .await;
     assert_eq!(third.status, StatusCode::BAD_REQUEST);
     assert!(detail(&third).contains("volumes"));
     let id = v1["id"].as_str().unwrap();
     c.wait(id, &["available"]).await;
     let ext = c
-        .call(Method::PUT, &format!("/v1/volumes/{id}/size"), Some(json!({"size": 32})))
+        .call(
+            Method::PUT,
+            &format!("/v1/volumes/{id}/size"),
+            Some(json!({"size": 32})),
+        )
         .await;
     assert_eq!(ext.status, StatusCode::BAD_REQUEST, "{}", ext.text);
     assert_eq!(c.get(&format!("/v1/volumes/{id}")).await.body["size"], 24);
 
     let q = c.get("/v1/volumes/quota-sets").await;
     assert_eq!(q.status, StatusCode::OK);
-    assert_eq!(keys(&q.body), vec!["id", "per_volume_size", "snapshots", "usages", "volumes"]);
+    assert_eq!(
+        keys(&q.body),
+        vec!["id", "per_volume_size", "snapshots", "usages", "volumes"]
+    );
     assert_eq!(q.body["id"], "project-a");
     assert_eq!(q.body["volumes"]["in_use"], 2);
     assert_eq!(q.body["volumes"]["limit"], 2);
@@ -654,7 +817,9 @@ async fn volume_types_are_listed_and_shown() {
     assert_eq!(names, vec!["SSD", "SSD_Provisioned", "HDD"]);
     for t in types {
         assert_eq!(keys(t), vec!["description", "extra_specs", "id", "name"]);
-        let one = c.get(&format!("/v1/volume-types/{}", t["id"].as_str().unwrap())).await;
+        let one = c
+            .get(&format!("/v1/volume-types/{}", t["id"].as_str().unwrap()))
+            .await;
         assert_eq!(one.status, StatusCode::OK);
         assert_eq!(&one.body, t);
     }
@@ -663,7 +828,10 @@ async fn volume_types_are_listed_and_shown() {
     let v = c.create("typed", 8, Some("HDD")).await;
     let hdd = types.iter().find(|t| t["name"] == "HDD").unwrap();
     assert_eq!(v["volume_type_id"], hdd["id"]);
-    assert_eq!(c.get("/v1/volume-types/nope").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        c.get("/v1/volume-types/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
     // Ids are stable across restarts: they derive from the names.
     let d2 = TestDaemon::start().await;
     let l2 = d2.client("a").get("/v1/volume-types").await;
@@ -688,11 +856,19 @@ async fn delete_refuses_a_volume_with_snapshots_rows() {
     )
     .unwrap();
     for q in ["", "?cascade=false", "?cascade=true"] {
-        let a = c.call(Method::DELETE, &format!("/v1/volumes/{id}{q}"), None).await;
+        let a = c
+            .call(Method::DELETE, &format!("/v1/volumes/{id}{q}"), None)
+            .await;
         assert_eq!(a.status, StatusCode::CONFLICT, "{q}: {}", a.text);
         assert!(detail(&a).contains("snapshot"));
     }
-    let a = c.call(Method::DELETE, &format!("/v1/volumes/{id}?cascade=perhaps"), None).await;
+    let a = c
+        .call(
+            Method::DELETE,
+            &format!("/v1/volumes/{id}?cascade=perhaps"),
+            None,
+        )
+        .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(d.volume_path(&id).exists());
 }

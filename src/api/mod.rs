@@ -53,7 +53,10 @@ pub enum BodyError {
     Unreadable(String),
     Malformed(String),
     /// A field is missing, unknown or of the wrong type.
-    Field { field: String, message: String },
+    Field {
+        field: String,
+        message: String,
+    },
 }
 
 impl axum::response::IntoResponse for BodyError {

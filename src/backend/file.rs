@@ -44,11 +44,14 @@ impl FileBackend {
     }
 
     /// Grows `f` to `size` and, when provisioned, allocates every block.
-    fn grow(&self, f: &File, path: &Path, size: u64, prov: Provisioning) -> Result<Change, BackendError> {
-        let current = f
-            .metadata()
-            .map_err(|e| self.err("stat", path, e))?
-            .len();
+    fn grow(
+        &self,
+        f: &File,
+        path: &Path,
+        size: u64,
+        prov: Provisioning,
+    ) -> Result<Change, BackendError> {
+        let current = f.metadata().map_err(|e| self.err("stat", path, e))?.len();
         let mut change = Change::Unchanged;
         if prov == Provisioning::Full && size > 0 {
             // Allocating is idempotent; a half-done allocation completes.
@@ -142,10 +145,7 @@ impl VolumeBackend for FileBackend {
             .write(true)
             .open(&path)
             .map_err(|e| self.err("open", &path, e))?;
-        let current = f
-            .metadata()
-            .map_err(|e| self.err("stat", &path, e))?
-            .len();
+        let current = f.metadata().map_err(|e| self.err("stat", &path, e))?.len();
         if current > size {
             return Err(BackendError::Shrink {
                 id: id.to_string(),
@@ -228,14 +228,30 @@ mod tests {
     fn sparse_create_extend_delete_converge() {
         let (_d, b) = backend();
         let id = uuid::Uuid::new_v4().to_string();
-        assert_eq!(b.create(&id, GIB, Provisioning::Sparse).unwrap(), Change::Changed);
-        assert_eq!(b.create(&id, GIB, Provisioning::Sparse).unwrap(), Change::Unchanged);
+        assert_eq!(
+            b.create(&id, GIB, Provisioning::Sparse).unwrap(),
+            Change::Changed
+        );
+        assert_eq!(
+            b.create(&id, GIB, Provisioning::Sparse).unwrap(),
+            Change::Unchanged
+        );
         let m = std::fs::metadata(b.path(&id)).unwrap();
         assert_eq!(m.len(), GIB);
-        assert!(m.blocks() * 512 < 1 << 20, "sparse file has {} blocks", m.blocks());
+        assert!(
+            m.blocks() * 512 < 1 << 20,
+            "sparse file has {} blocks",
+            m.blocks()
+        );
         assert_eq!(m.mode() & 0o777, 0o600);
-        assert_eq!(b.extend(&id, 2 * GIB, Provisioning::Sparse).unwrap(), Change::Changed);
-        assert_eq!(b.extend(&id, 2 * GIB, Provisioning::Sparse).unwrap(), Change::Unchanged);
+        assert_eq!(
+            b.extend(&id, 2 * GIB, Provisioning::Sparse).unwrap(),
+            Change::Changed
+        );
+        assert_eq!(
+            b.extend(&id, 2 * GIB, Provisioning::Sparse).unwrap(),
+            Change::Unchanged
+        );
         assert_eq!(b.size(&id).unwrap(), Some(2 * GIB));
         let e = b.extend(&id, GIB, Provisioning::Sparse).unwrap_err();
         assert_eq!(e.kind(), super::super::BackendErrorKind::Shrink);

@@ -72,7 +72,9 @@ impl Service {
             JobParams::Create {
                 size_gib,
                 provisioning,
-            } => backend.create(&id, size_gib * GIB, provisioning).map(|_| ()),
+            } => backend
+                .create(&id, size_gib * GIB, provisioning)
+                .map(|_| ()),
             JobParams::Extend {
                 to_gib,
                 provisioning,
@@ -97,7 +99,12 @@ impl Service {
                 size_gib: None,
                 error_reason: Some(e.clone()),
             },
-            (JobParams::Extend { to_gib, back_to, .. }, Ok(())) => VolumeEffect::SetState {
+            (
+                JobParams::Extend {
+                    to_gib, back_to, ..
+                },
+                Ok(()),
+            ) => VolumeEffect::SetState {
                 state: VolumeState::parse(back_to).unwrap_or(VolumeState::Available),
                 size_gib: Some(*to_gib),
                 error_reason: None,
@@ -124,13 +131,19 @@ impl Service {
             Ok(()) => (JobState::Succeeded, None),
             Err(e) => (JobState::Failed, Some(e.as_str())),
         };
-        match self
-            .store
-            .finish_job(&job.id, state, error, job.volume_id.as_deref(), &effect, &now)
-        {
+        match self.store.finish_job(
+            &job.id,
+            state,
+            error,
+            job.volume_id.as_deref(),
+            &effect,
+            &now,
+        ) {
             Ok(()) => match error {
                 None => tracing::info!(job = %job.id, kind = %job.kind, "job succeeded"),
-                Some(e) => tracing::warn!(job = %job.id, kind = %job.kind, error = %e, "job failed"),
+                Some(e) => {
+                    tracing::warn!(job = %job.id, kind = %job.kind, error = %e, "job failed")
+                }
             },
             Err(e) => {
                 tracing::error!(job = %job.id, error = %e, "cannot record job end; recovery will retry it")
@@ -155,7 +168,10 @@ impl Service {
             if busy.contains(&v.id) {
                 continue;
             }
-            let reason = format!("interrupted while {} and no job was left to finish it", v.state);
+            let reason = format!(
+                "interrupted while {} and no job was left to finish it",
+                v.state
+            );
             let state = match v.state {
                 VolumeState::Extending => VolumeState::ErrorExtending,
                 VolumeState::Deleting => VolumeState::ErrorDeleting,

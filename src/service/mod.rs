@@ -10,7 +10,7 @@ use crate::backend::{BackendError, Location, VolumeBackend};
 use crate::clock::{SharedClock, format_ts};
 use crate::config::{Config, Provisioning, QuotaConfig, QuotaLimits};
 use crate::store::model::*;
-use crate::store::{QuotaCheck, Store, StoreError, VolumePatch};
+use crate::store::{QuotaCheck, Store, StoreError, Transition, VolumePatch};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -230,10 +230,9 @@ impl Service {
             .volume_types
             .iter()
             .map(|t| VolumeType {
-                id: t
-                    .id
-                    .clone()
-                    .unwrap_or_else(|| uuid::Uuid::new_v5(&TYPE_NAMESPACE, t.name.as_bytes()).to_string()),
+                id: t.id.clone().unwrap_or_else(|| {
+                    uuid::Uuid::new_v5(&TYPE_NAMESPACE, t.name.as_bytes()).to_string()
+                }),
                 name: t.name.clone(),
                 description: t.description.clone(),
                 provisioning: t.provisioning,
@@ -304,7 +303,14 @@ impl Service {
         })
     }
 
-    fn new_job(&self, kind: JobKind, caller: &Caller, volume_id: &str, params: &JobParams, state: JobState) -> Job {
+    fn new_job(
+        &self,
+        kind: JobKind,
+        caller: &Caller,
+        volume_id: &str,
+        params: &JobParams,
+        state: JobState,
+    ) -> Job {
         let now = self.now();
         Job {
             id: uuid::Uuid::new_v4().to_string(),
@@ -327,7 +333,11 @@ impl Service {
         })
     }
 
-    pub fn create_volume(self: &Arc<Self>, caller: &Caller, req: CreateVolume) -> Result<VolumeDetail> {
+    pub fn create_volume(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: CreateVolume,
+    ) -> Result<VolumeDetail> {
         if self.tasks.is_closed() {
             return Err(ServiceError::Unavailable);
         }
@@ -393,7 +403,13 @@ impl Service {
             size_gib: volume.size_gib,
             provisioning: vt.provisioning,
         };
-        let job = self.new_job(JobKind::CreateVolume, caller, &volume.id, &params, JobState::Pending);
+        let job = self.new_job(
+            JobKind::CreateVolume,
+            caller,
+            &volume.id,
+            &params,
+            JobState::Pending,
+        );
         self.store.create_volume(
             &volume,
             &req.tags,
@@ -411,7 +427,10 @@ impl Service {
     }
 
     pub fn get_volume(&self, caller: &Caller, id: &str) -> Result<VolumeDetail> {
-        let v = self.store.get_volume(caller.scope(), id).map_err(not_found(id))?;
+        let v = self
+            .store
+            .get_volume(caller.scope(), id)
+            .map_err(not_found(id))?;
         self.detail(v)
     }
 
@@ -462,7 +481,13 @@ impl Service {
         self.patch(caller, id, JobKind::SetQos, &patch)
     }
 
-    fn patch(&self, caller: &Caller, id: &str, kind: JobKind, patch: &VolumePatch) -> Result<VolumeDetail> {
+    fn patch(
+        &self,
+        caller: &Caller,
+        id: &str,
+        kind: JobKind,
+        patch: &VolumePatch,
+    ) -> Result<VolumeDetail> {
         let job = self.new_job(kind, caller, id, &JobParams::Update, JobState::Succeeded);
         let now = self.now();
         let v = self
@@ -473,11 +498,19 @@ impl Service {
         self.detail(v)
     }
 
-    pub fn extend_volume(self: &Arc<Self>, caller: &Caller, id: &str, new_size_gib: u64) -> Result<VolumeDetail> {
+    pub fn extend_volume(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        new_size_gib: u64,
+    ) -> Result<VolumeDetail> {
         if self.tasks.is_closed() {
             return Err(ServiceError::Unavailable);
         }
-        let current = self.store.get_volume(caller.scope(), id).map_err(not_found(id))?;
+        let current = self
+            .store
+            .get_volume(caller.scope(), id)
+            .map_err(not_found(id))?;
         if current.state != VolumeState::Available {
             return Err(ServiceError::Conflict(format!(
                 "volume {id} is {}; it can be extended only when available",
@@ -509,7 +542,13 @@ impl Service {
             provisioning: vt.map(|t| t.provisioning).unwrap_or(Provisioning::Sparse),
             back_to: current.state.as_str().to_string(),
         };
-        let job = self.new_job(JobKind::ExtendVolume, caller, id, &params, JobState::Pending);
+        let job = self.new_job(
+            JobKind::ExtendVolume,
+            caller,
+            id,
+            &params,
+            JobState::Pending,
+        );
         let now = self.now();
         let quota = QuotaCheck {
             volumes_limit: limits.volumes,
@@ -521,11 +560,13 @@ impl Service {
             .transition(
                 caller.scope(),
                 id,
-                &[VolumeState::Available],
-                VolumeState::Extending,
-                &job,
-                Some(&quota),
-                &now,
+                &Transition {
+                    allowed: &[VolumeState::Available],
+                    to: VolumeState::Extending,
+                    job: &job,
+                    quota: Some(&quota),
+                    now: &now,
+                },
             )
             .map_err(not_found(id))
             .map_err(|e| conflict(e, "extend"))?;
@@ -538,7 +579,10 @@ impl Service {
         if self.tasks.is_closed() {
             return Err(ServiceError::Unavailable);
         }
-        let v = self.store.get_volume(caller.scope(), id).map_err(not_found(id))?;
+        let v = self
+            .store
+            .get_volume(caller.scope(), id)
+            .map_err(not_found(id))?;
         if !DELETABLE.contains(&v.state) {
             return Err(ServiceError::Conflict(format!(
                 "volume {id} is {}; it can be deleted only when available or in an error state",
@@ -559,10 +603,26 @@ impl Service {
                 "volume {id} has {snaps} snapshot(s); {how}"
             )));
         }
-        let job = self.new_job(JobKind::DeleteVolume, caller, id, &JobParams::Delete, JobState::Pending);
+        let job = self.new_job(
+            JobKind::DeleteVolume,
+            caller,
+            id,
+            &JobParams::Delete,
+            JobState::Pending,
+        );
         let now = self.now();
         self.store
-            .transition(caller.scope(), id, DELETABLE, VolumeState::Deleting, &job, None, &now)
+            .transition(
+                caller.scope(),
+                id,
+                &Transition {
+                    allowed: DELETABLE,
+                    to: VolumeState::Deleting,
+                    job: &job,
+                    quota: None,
+                    now: &now,
+                },
+            )
             .map_err(not_found(id))
             .map_err(|e| conflict(e, "delete"))?;
         tracing::info!(volume = %id, job = %job.id, "volume delete accepted");
@@ -572,7 +632,10 @@ impl Service {
 
     /// Where the volume's bytes are, for operators and hypervisor glue.
     pub fn location(&self, caller: &Caller, id: &str) -> Result<Option<Location>> {
-        let v = self.store.get_volume(caller.scope(), id).map_err(not_found(id))?;
+        let v = self
+            .store
+            .get_volume(caller.scope(), id)
+            .map_err(not_found(id))?;
         Ok(self.backend(&v.backend)?.location(&v.id))
     }
 
@@ -587,7 +650,9 @@ impl Service {
             });
         }
         if jobs.is_empty() {
-            self.store.get_volume(caller.scope(), id).map_err(not_found(id))?;
+            self.store
+                .get_volume(caller.scope(), id)
+                .map_err(not_found(id))?;
         }
         Ok(jobs)
     }

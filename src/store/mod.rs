@@ -64,6 +64,15 @@ pub struct QuotaCheck {
     pub add_gigabytes: u64,
 }
 
+/// A state change that starts a job.
+pub struct Transition<'a> {
+    pub allowed: &'a [VolumeState],
+    pub to: VolumeState,
+    pub job: &'a Job,
+    pub quota: Option<&'a QuotaCheck>,
+    pub now: &'a str,
+}
+
 /// What finishing a job does to its volume.
 #[derive(Debug, Clone)]
 pub enum VolumeEffect {
@@ -426,8 +435,9 @@ impl Store {
 
     pub fn volume_tags(&self, id: &str) -> Result<Vec<Tag>> {
         self.with(|c| {
-            let mut st =
-                c.prepare_cached("SELECT key, value FROM volume_tags WHERE volume_id = ?1 ORDER BY key")?;
+            let mut st = c.prepare_cached(
+                "SELECT key, value FROM volume_tags WHERE volume_id = ?1 ORDER BY key",
+            )?;
             let rows = st.query_map([id], |r| {
                 Ok(Tag {
                     key: r.get(0)?,
@@ -548,31 +558,22 @@ impl Store {
         })
     }
 
-    /// Moves a volume from one of `allowed` to `to` and records `job`, in one
-    /// transaction. Returns the volume as it was before.
-    pub fn transition(
-        &self,
-        project: Option<&str>,
-        id: &str,
-        allowed: &[VolumeState],
-        to: VolumeState,
-        job: &Job,
-        quota: Option<&QuotaCheck>,
-        now: &str,
-    ) -> Result<Volume> {
+    /// Moves a volume from one of `t.allowed` to `t.to` and records the
+    /// job, in one transaction. Returns the volume as it was before.
+    pub fn transition(&self, project: Option<&str>, id: &str, t: &Transition) -> Result<Volume> {
         self.write(|tx| {
             let v = get_volume_in(tx, project, id)?;
-            if !allowed.contains(&v.state) {
+            if !t.allowed.contains(&v.state) {
                 return Err(StoreError::WrongState(v.state));
             }
-            if let Some(q) = quota {
+            if let Some(q) = t.quota {
                 check_quota(tx, &v.project_id, q)?;
             }
             tx.execute(
                 "UPDATE volumes SET state = ?2, error_reason = NULL, modified_at = ?3 WHERE id = ?1",
-                params![id, to.as_str(), now],
+                params![id, t.to.as_str(), t.now],
             )?;
-            insert_job(tx, job)?;
+            insert_job(tx, t.job)?;
             Ok(v)
         })
     }
@@ -838,7 +839,10 @@ mod tests {
         }
         for sort in [
             vec![(VolumeSortKey::CreatedAt, SortDir::Desc)],
-            vec![(VolumeSortKey::Size, SortDir::Asc), (VolumeSortKey::Name, SortDir::Desc)],
+            vec![
+                (VolumeSortKey::Size, SortDir::Asc),
+                (VolumeSortKey::Name, SortDir::Desc),
+            ],
             vec![(VolumeSortKey::Name, SortDir::Asc)],
         ] {
             let all = s
@@ -901,26 +905,33 @@ mod tests {
             .transition(
                 Some("p"),
                 "a",
-                &[VolumeState::Available],
-                VolumeState::Deleting,
-                &job("j2", "a"),
-                None,
-                "t2",
+                &Transition {
+                    allowed: &[VolumeState::Available],
+                    to: VolumeState::Deleting,
+                    job: &job("j2", "a"),
+                    quota: None,
+                    now: "t2",
+                },
             )
             .unwrap_err();
         assert!(matches!(e, StoreError::WrongState(VolumeState::Creating)));
-        assert_eq!(s.get_volume(None, "a").unwrap().state, VolumeState::Creating);
+        assert_eq!(
+            s.get_volume(None, "a").unwrap().state,
+            VolumeState::Creating
+        );
         assert!(s.get_job("j2").is_err());
         // Another project's volume is not found at all.
         let e = s
             .transition(
                 Some("q"),
                 "a",
-                &[VolumeState::Creating],
-                VolumeState::Deleting,
-                &job("j3", "a"),
-                None,
-                "t2",
+                &Transition {
+                    allowed: &[VolumeState::Creating],
+                    to: VolumeState::Deleting,
+                    job: &job("j3", "a"),
+                    quota: None,
+                    now: "t2",
+                },
             )
             .unwrap_err();
         assert_eq!(e.kind(), StoreErrorKind::NotFound);

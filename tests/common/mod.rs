@@ -8,9 +8,9 @@ use blockd::config::{Config, Credential};
 use blockd::server::Daemon;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -83,11 +83,18 @@ impl TestDaemon {
     }
 
     pub fn client(&self, who: &str) -> Client {
-        Client::new(&format!("http://{}", self.addr), cred(who), self.clock.clone())
+        Client::new(
+            &format!("http://{}", self.addr),
+            cred(who),
+            self.clock.clone(),
+        )
     }
 
     pub fn volume_path(&self, id: &str) -> PathBuf {
-        self.dir.path().join("data/volumes").join(format!("{id}.img"))
+        self.dir
+            .path()
+            .join("data/volumes")
+            .join(format!("{id}.img"))
     }
 }
 
@@ -272,12 +279,7 @@ pub fn detail(a: &Answer) -> String {
 }
 
 pub fn keys(v: &Value) -> Vec<String> {
-    let mut k: Vec<String> = v
-        .as_object()
-        .expect("object")
-        .keys()
-        .cloned()
-        .collect();
+    let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
     k.sort();
     k
 }

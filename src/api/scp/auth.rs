@@ -28,7 +28,12 @@ impl SignedRequest<'_> {
     pub fn canonical(&self) -> String {
         format!(
             "{}{}{}{}{}{}",
-            self.method, self.url, self.timestamp, self.access_key, self.account_id, self.client_type
+            self.method,
+            self.url,
+            self.timestamp,
+            self.access_key,
+            self.account_id,
+            self.client_type
         )
     }
 }
@@ -103,11 +108,17 @@ impl Verifier {
         signature: &str,
         now_ms: i64,
     ) -> Result<&Credential, AuthFailure> {
-        let ts: i64 = req.timestamp.parse().map_err(|_| AuthFailure::BadTimestamp)?;
+        let ts: i64 = req
+            .timestamp
+            .parse()
+            .map_err(|_| AuthFailure::BadTimestamp)?;
         if (now_ms - ts).abs() > self.window_ms {
             return Err(AuthFailure::Stale);
         }
-        let cred = self.creds.get(req.access_key).ok_or(AuthFailure::UnknownKey)?;
+        let cred = self
+            .creds
+            .get(req.access_key)
+            .ok_or(AuthFailure::UnknownKey)?;
         let given = base64::engine::general_purpose::STANDARD
             .decode(signature.trim())
             .map_err(|_| AuthFailure::BadSignature)?;
@@ -115,7 +126,8 @@ impl Verifier {
             .map_err(|_| AuthFailure::BadSignature)?;
         mac.update(req.canonical().as_bytes());
         // verify_slice compares in constant time.
-        mac.verify_slice(&given).map_err(|_| AuthFailure::BadSignature)?;
+        mac.verify_slice(&given)
+            .map_err(|_| AuthFailure::BadSignature)?;
 
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() > 100_000 {

@@ -120,10 +120,14 @@ impl From<ServiceError> for ScpError {
         match e.kind() {
             ErrorKind::NotFound => ScpError::not_found(capitalise(&e.to_string())),
             ErrorKind::Invalid => ScpError::bad_request(e.to_string()),
-            ErrorKind::Conflict => ScpError::new(StatusCode::CONFLICT, "Conflict", capitalise(&e.to_string())),
-            ErrorKind::QuotaExceeded => {
-                ScpError::new(StatusCode::BAD_REQUEST, "QuotaExceeded", capitalise(&e.to_string()))
+            ErrorKind::Conflict => {
+                ScpError::new(StatusCode::CONFLICT, "Conflict", capitalise(&e.to_string()))
             }
+            ErrorKind::QuotaExceeded => ScpError::new(
+                StatusCode::BAD_REQUEST,
+                "QuotaExceeded",
+                capitalise(&e.to_string()),
+            ),
             ErrorKind::Unavailable => ScpError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
@@ -322,7 +326,7 @@ fn check_name(name: &str) -> Result<(), ScpError> {
 }
 
 fn check_size(size: u64) -> Result<(), ScpError> {
-    if size < 8 || size % 8 != 0 {
+    if size < 8 || !size.is_multiple_of(8) {
         return Err(ScpError::bad_request(format!(
             "size: volume size of disk should be at least 8 and divisible by 8 (got {size})"
         )));
@@ -489,7 +493,9 @@ fn list_query(raw: Option<&str>) -> Result<VolumeQuery, ScpError> {
             }
             "offset" => {
                 q.offset = v.parse::<u64>().map_err(|_| {
-                    ScpError::bad_request(format!("offset: must be a non-negative integer (got {v:?})"))
+                    ScpError::bad_request(format!(
+                        "offset: must be a non-negative integer (got {v:?})"
+                    ))
                 })?
             }
             "marker" => q.marker = Some(v).filter(|s| !s.is_empty()),
@@ -550,7 +556,11 @@ async fn list_volumes(
 ) -> Result<Json<Value>, ScpError> {
     let q = list_query(raw.as_deref())?;
     let page = st.svc.list_volumes(&ctx.caller, q)?;
-    Ok(Json(views::volume_list(&page.items, page.count, ctx.version)))
+    Ok(Json(views::volume_list(
+        &page.items,
+        page.count,
+        ctx.version,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -655,7 +665,12 @@ async fn set_qos(
 }
 
 async fn list_types(State(st): State<Arc<ScpState>>) -> Json<Value> {
-    let types: Vec<_> = st.svc.volume_types().iter().map(views::volume_type).collect();
+    let types: Vec<_> = st
+        .svc
+        .volume_types()
+        .iter()
+        .map(views::volume_type)
+        .collect();
     Json(json!({ "volume_types": types }))
 }
 

@@ -52,9 +52,9 @@ pub enum VersionRefusal {
 impl VersionRefusal {
     pub fn message(&self, latest: &str) -> String {
         match self {
-            VersionRefusal::Malformed(h) => format!(
-                "Scp-Api-Version {h:?} is not of the form \"virtualserver <version>\""
-            ),
+            VersionRefusal::Malformed(h) => {
+                format!("Scp-Api-Version {h:?} is not of the form \"virtualserver <version>\"")
+            }
             VersionRefusal::Unknown(v) => {
                 format!("API version virtualserver {v} is unknown; the latest is {latest}")
             }

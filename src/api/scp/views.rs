@@ -118,7 +118,12 @@ pub fn volume_type(t: &VolumeType) -> VolumeTypeView {
         name: t.name.clone(),
         description: t.description.clone(),
         extra_specs: ExtraSpecs {
-            multiattach: if t.multiattach { "<is> True" } else { "<is> False" }.to_string(),
+            multiattach: if t.multiattach {
+                "<is> True"
+            } else {
+                "<is> False"
+            }
+            .to_string(),
         },
     }
 }
