@@ -237,3 +237,66 @@ async fn first_start_generates_credentials_that_work() {
     let mode = std::fs::metadata(&data).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+#[tokio::test]
+async fn a_volume_stuck_without_a_job_goes_to_error_with_a_reason() {
+    use blockd::service::{Caller, CreateVolume};
+    use blockd::store::model::VolumeState;
+    let dir = tempfile::Builder::new()
+        .prefix("blockd-test")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let text = config_text(&dir.path().join("data"), "");
+    let cfg = blockd::config::Config::parse(&text, "t.toml").unwrap();
+    let clock: blockd::clock::SharedClock = Arc::new(OffsetClock(chrono::Duration::zero()));
+    let caller = Caller {
+        project_id: "project-a".into(),
+        user_id: "user-a".into(),
+        admin: false,
+    };
+    let d = blockd::server::Daemon::open(&cfg, clock.clone()).unwrap();
+    d.recover().unwrap();
+    let v = d
+        .service
+        .create_volume(
+            &caller,
+            CreateVolume {
+                name: "v".into(),
+                size_gib: 8,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let id = v.volume.id.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.service.store().get_volume(None, &id).unwrap().state != VolumeState::Available {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(d.service.drain(Duration::from_secs(5)).await);
+    drop(d);
+
+    // Leave it "extending" with no job behind it, as a lost write would.
+    let db = rusqlite::Connection::open(dir.path().join("data/blockd.db")).unwrap();
+    db.execute(
+        "UPDATE volumes SET state = 'extending' WHERE id = ?1",
+        [&id],
+    )
+    .unwrap();
+    drop(db);
+
+    let d = blockd::server::Daemon::open(&cfg, clock).unwrap();
+    d.recover().unwrap();
+    let v = d.service.store().get_volume(None, &id).unwrap();
+    assert_eq!(v.state, VolumeState::ErrorExtending);
+    assert!(
+        v.error_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("interrupted"),
+        "{:?}",
+        v.error_reason
+    );
+    // An error state can be deleted.
+    d.service.delete_volume(&caller, &id, false).unwrap();
+}

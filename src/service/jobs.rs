@@ -179,25 +179,39 @@ impl Service {
                 _ => VolumeState::Error,
             };
             tracing::warn!(volume = %v.id, from = %v.state, to = %state, "recovery: {reason}");
-            self.store.finish_job(
-                "",
-                JobState::Failed,
-                None,
-                Some(&v.id),
-                &VolumeEffect::SetState {
-                    state,
-                    size_gib: None,
-                    error_reason: Some(reason),
-                },
-                &now,
-            )?;
+            self.store.set_state(&v.id, state, Some(&reason), &now)?;
             failed += 1;
         }
+        self.report_orphans();
         let resumed = jobs.len();
         for job in jobs {
             tracing::info!(job = %job.id, kind = %job.kind, state = %job.state, "recovery: resuming job");
             self.spawn_job(job);
         }
         Ok((resumed, failed))
+    }
+
+    /// Logs backend volumes that have no row. They are left in place: a
+    /// lost database must never turn into lost volumes.
+    fn report_orphans(&self) {
+        let known: std::collections::HashSet<String> = match self.store.all_volume_ids() {
+            Ok(ids) => ids.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list volumes to look for orphans");
+                return;
+            }
+        };
+        for (name, backend) in &self.backends {
+            match backend.list() {
+                Ok(ids) => {
+                    for id in ids.into_iter().filter(|id| !known.contains(id)) {
+                        tracing::warn!(backend = %name, volume = %id, "backend holds a volume the store does not know; left in place");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %name, error = %e, "cannot list backend volumes")
+                }
+            }
+        }
     }
 }

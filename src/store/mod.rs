@@ -661,6 +661,23 @@ impl Store {
         })
     }
 
+    /// Sets a volume's state outside any job (start-up recovery).
+    pub fn set_state(
+        &self,
+        id: &str,
+        state: VolumeState,
+        reason: Option<&str>,
+        now: &str,
+    ) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE volumes SET state = ?2, error_reason = ?3, modified_at = ?4 WHERE id = ?1",
+                params![id, state.as_str(), reason, now],
+            )?;
+            Ok(())
+        })
+    }
+
     pub fn get_job(&self, id: &str) -> Result<Job> {
         self.with(|c| {
             c.query_row(
