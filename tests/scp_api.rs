@@ -872,3 +872,33 @@ async fn delete_refuses_a_volume_with_snapshots_rows() {
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(d.volume_path(&id).exists());
 }
+
+#[tokio::test]
+async fn a_provisioned_volume_larger_than_the_disk_ends_in_error_with_a_reason() {
+    let d = TestDaemon::start_with(
+        "[quota]\ngigabytes = 1000000\nper_volume_gigabytes = 1000000\n",
+        Arc::new(OffsetClock(chrono::Duration::zero())),
+    )
+    .await;
+    let c = d.client("a");
+    let free = nix::sys::statvfs::statvfs("/var/tmp").unwrap();
+    let free_gib = free.blocks_available() as u64 * free.fragment_size() as u64 / GIB;
+    let size = (free_gib + 64).div_ceil(8) * 8;
+    let v = c.create("huge", size, Some("SSD_Provisioned")).await;
+    let id = v["id"].as_str().unwrap();
+    let v = c.wait(id, &["available", "error"]).await;
+    assert_eq!(v["state"], "error");
+    let n = c.get(&format!("/blockd/v1/volumes/{id}")).await;
+    let reason = n.body["error_reason"].as_str().unwrap_or("");
+    assert!(reason.contains("no space"), "{reason}");
+    assert!(
+        !d.volume_path(id).exists(),
+        "a failed create leaves no file"
+    );
+    // An errored volume can be deleted.
+    let r = c
+        .call(Method::DELETE, &format!("/v1/volumes/{id}"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    c.wait(id, &[]).await;
+}

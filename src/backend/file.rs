@@ -54,8 +54,20 @@ impl FileBackend {
         let current = f.metadata().map_err(|e| self.err("stat", path, e))?.len();
         let mut change = Change::Unchanged;
         if prov == Provisioning::Full && size > 0 {
-            // Allocating is idempotent; a half-done allocation completes.
+            // Refuse up front rather than fill the filesystem and fail.
             let before = allocated(f);
+            let needed = size.saturating_sub(before * 512);
+            let free = self.capacity()?.free;
+            if needed > free {
+                return Err(BackendError::NoSpace {
+                    backend: self.name.clone(),
+                    detail: format!(
+                        "{} bytes must be allocated but only {free} are free",
+                        needed
+                    ),
+                });
+            }
+            // Allocating is idempotent; a half-done allocation completes.
             nix::fcntl::fallocate(
                 f.as_fd(),
                 nix::fcntl::FallocateFlags::empty(),
