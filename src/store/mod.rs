@@ -16,6 +16,8 @@ pub enum StoreError {
     NotFound,
     #[error("volume is {0}")]
     WrongState(VolumeState),
+    #[error("{0}")]
+    Conflict(String),
     #[error("marker {0} not found")]
     MarkerNotFound(String),
     #[error("quota exceeded for {resource}: limit {limit}, in use {in_use}, requested {requested}")]
@@ -36,6 +38,7 @@ pub enum StoreError {
 pub enum StoreErrorKind {
     NotFound,
     WrongState,
+    Conflict,
     MarkerNotFound,
     Quota,
     Db,
@@ -46,6 +49,7 @@ impl StoreError {
         match self {
             StoreError::NotFound => StoreErrorKind::NotFound,
             StoreError::WrongState(_) => StoreErrorKind::WrongState,
+            StoreError::Conflict(_) => StoreErrorKind::Conflict,
             StoreError::MarkerNotFound(_) => StoreErrorKind::MarkerNotFound,
             StoreError::Quota { .. } => StoreErrorKind::Quota,
             StoreError::Db(_) | StoreError::Corrupt(_) => StoreErrorKind::Db,
@@ -82,8 +86,48 @@ pub enum VolumeEffect {
         size_gib: Option<u64>,
         error_reason: Option<String>,
     },
+    /// Removes one attachment and sets the state the remaining ones imply.
+    DropAttachment {
+        attachment_id: String,
+        error_reason: Option<String>,
+    },
     Remove,
 }
+
+/// An attach request, checked and recorded in one transaction.
+pub struct NewAttachment<'a> {
+    pub volume_id: &'a str,
+    pub server_id: &'a str,
+    pub delete_on_termination: bool,
+    pub job: &'a Job,
+    pub now: &'a str,
+}
+
+/// Where an attached volume is exposed on the host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Export {
+    pub volume_id: String,
+    pub kind: String,
+    pub host_path: String,
+    pub created_at: String,
+}
+
+/// Guest device names handed out per server, in order.
+pub const DEVICE_NAMES: &str = "bcdefghijklmnopqrstuvwxyz";
+
+fn attachment_from_row(r: &Row) -> rusqlite::Result<Attachment> {
+    Ok(Attachment {
+        id: r.get(0)?,
+        volume_id: r.get(1)?,
+        server_id: r.get(2)?,
+        device: r.get(3)?,
+        attached_at: r.get(4)?,
+        delete_on_termination: r.get(5)?,
+    })
+}
+
+const ATTACHMENT_COLS: &str =
+    "id, volume_id, server_id, device, attached_at, delete_on_termination";
 
 /// Fields an update may change; None leaves a field as it is.
 #[derive(Debug, Clone, Default)]
@@ -176,6 +220,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX jobs_unfinished ON jobs(state) WHERE state IN ('pending', 'running');
     CREATE INDEX jobs_volume ON jobs(volume_id, created_at);
+    "#,
+    // 2: host exports of attached volumes.
+    r#"
+    CREATE TABLE exports (
+        volume_id TEXT PRIMARY KEY REFERENCES volumes(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        host_path TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX attachments_server ON attachments(server_id);
     "#,
 ];
 
@@ -450,20 +504,203 @@ impl Store {
 
     pub fn attachments(&self, volume_id: &str) -> Result<Vec<Attachment>> {
         self.with(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {ATTACHMENT_COLS} FROM attachments WHERE volume_id = ?1 ORDER BY attached_at, id"
+            ))?;
+            let rows = st.query_map([volume_id], attachment_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// A server's attachments, limited to volumes of `project` when given.
+    pub fn server_attachments(
+        &self,
+        project: Option<&str>,
+        server_id: &str,
+    ) -> Result<Vec<Attachment>> {
+        self.with(|c| {
             let mut st = c.prepare_cached(
-                "SELECT id, volume_id, server_id, device, attached_at, delete_on_termination \
-                 FROM attachments WHERE volume_id = ?1 ORDER BY attached_at, id",
+                "SELECT a.id, a.volume_id, a.server_id, a.device, a.attached_at, a.delete_on_termination \
+                 FROM attachments a JOIN volumes v ON v.id = a.volume_id \
+                 WHERE a.server_id = ?1 AND (?2 IS NULL OR v.project_id = ?2) ORDER BY a.device",
             )?;
-            let rows = st.query_map([volume_id], |r| {
-                Ok(Attachment {
-                    id: r.get(0)?,
-                    volume_id: r.get(1)?,
-                    server_id: r.get(2)?,
-                    device: r.get(3)?,
-                    attached_at: r.get(4)?,
-                    delete_on_termination: r.get(5)?,
+            let rows = st.query_map(params![server_id, project], attachment_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// Records an attachment with the server's next free device name and
+    /// moves the volume to attaching, in one transaction. A volume may be
+    /// attached when available, or when in use and multiattach.
+    pub fn begin_attach(&self, project: Option<&str>, a: &NewAttachment) -> Result<Attachment> {
+        self.write(|tx| {
+            let v = get_volume_in(tx, project, a.volume_id)?;
+            let ok = v.state == VolumeState::Available
+                || (v.state == VolumeState::InUse && v.multiattach);
+            if !ok {
+                if v.state == VolumeState::InUse {
+                    return Err(StoreError::Conflict(format!(
+                        "volume {} is attached and its type does not allow multiattach",
+                        v.id
+                    )));
+                }
+                return Err(StoreError::WrongState(v.state));
+            }
+            let already: u64 = tx.query_row(
+                "SELECT COUNT(*) FROM attachments WHERE volume_id = ?1 AND server_id = ?2",
+                params![a.volume_id, a.server_id],
+                |r| r.get(0),
+            )?;
+            if already > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "volume {} is already attached to server {}",
+                    v.id, a.server_id
+                )));
+            }
+            let used: Vec<String> = {
+                let mut st =
+                    tx.prepare_cached("SELECT device FROM attachments WHERE server_id = ?1")?;
+                let rows = st.query_map([a.server_id], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            let device = DEVICE_NAMES
+                .chars()
+                .map(|c| format!("/dev/vd{c}"))
+                .find(|d| !used.contains(d))
+                .ok_or_else(|| {
+                    StoreError::Conflict(format!(
+                        "server {} has no free device name left",
+                        a.server_id
+                    ))
+                })?;
+            let att = Attachment {
+                id: uuid::Uuid::new_v4().to_string(),
+                volume_id: a.volume_id.to_string(),
+                server_id: a.server_id.to_string(),
+                device,
+                attached_at: a.now.to_string(),
+                delete_on_termination: a.delete_on_termination,
+            };
+            tx.execute(
+                &format!("INSERT INTO attachments ({ATTACHMENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                params![
+                    att.id,
+                    att.volume_id,
+                    att.server_id,
+                    att.device,
+                    att.attached_at,
+                    att.delete_on_termination
+                ],
+            )?;
+            tx.execute(
+                "UPDATE volumes SET state = 'attaching', error_reason = NULL, modified_at = ?2 WHERE id = ?1",
+                params![a.volume_id, a.now],
+            )?;
+            insert_job(tx, a.job)?;
+            Ok(att)
+        })
+    }
+
+    /// Moves an in-use volume to detaching for one of its attachments.
+    pub fn begin_detach(
+        &self,
+        project: Option<&str>,
+        volume_id: &str,
+        server_id: &str,
+        job: &Job,
+        now: &str,
+    ) -> Result<Attachment> {
+        self.write(|tx| {
+            let v = get_volume_in(tx, project, volume_id)?;
+            let att = tx
+                .query_row(
+                    &format!(
+                        "SELECT {ATTACHMENT_COLS} FROM attachments WHERE volume_id = ?1 AND server_id = ?2"
+                    ),
+                    params![volume_id, server_id],
+                    attachment_from_row,
+                )
+                .optional()?
+                .ok_or(StoreError::NotFound)?;
+            if v.state != VolumeState::InUse {
+                return Err(StoreError::WrongState(v.state));
+            }
+            tx.execute(
+                "UPDATE volumes SET state = 'detaching', modified_at = ?2 WHERE id = ?1",
+                params![volume_id, now],
+            )?;
+            insert_job(tx, job)?;
+            Ok(att)
+        })
+    }
+
+    pub fn set_delete_on_termination(&self, attachment_id: &str, value: bool) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE attachments SET delete_on_termination = ?2 WHERE id = ?1",
+                params![attachment_id, value],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn set_export(&self, e: &Export) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO exports (volume_id, kind, host_path, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![e.volume_id, e.kind, e.host_path, e.created_at],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn remove_export(&self, volume_id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM exports WHERE volume_id = ?1", [volume_id])?;
+            Ok(())
+        })
+    }
+
+    pub fn export(&self, volume_id: &str) -> Result<Option<Export>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT volume_id, kind, host_path, created_at FROM exports WHERE volume_id = ?1",
+                [volume_id],
+                |r| {
+                    Ok(Export {
+                        volume_id: r.get(0)?,
+                        kind: r.get(1)?,
+                        host_path: r.get(2)?,
+                        created_at: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+
+    pub fn all_exports(&self) -> Result<Vec<Export>> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT volume_id, kind, host_path, created_at FROM exports")?;
+            let rows = st.query_map([], |r| {
+                Ok(Export {
+                    volume_id: r.get(0)?,
+                    kind: r.get(1)?,
+                    host_path: r.get(2)?,
+                    created_at: r.get(3)?,
                 })
             })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// Volumes that have at least one attachment.
+    pub fn attached_volumes(&self) -> Result<Vec<Volume>> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {VOLUME_COLS} FROM volumes WHERE id IN (SELECT volume_id FROM attachments)"
+            ))?;
+            let rows = st.query_map([], volume_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
@@ -512,9 +749,29 @@ impl Store {
                         StoreError::NotFound => StoreError::MarkerNotFound(m.clone()),
                         e => e,
                     })?;
-                // (k1 > v1) OR (k1 = v1 AND k2 > v2) OR ..., with < for desc.
+                let same_dir = keys.iter().all(|(_, d)| *d == keys[0].1);
+                if same_dir {
+                    // One row-value comparison, which SQLite turns into an
+                    // index range: (k1, k2, id) > (v1, v2, vid).
+                    let cols: Vec<&str> = keys.iter().map(|(k, _)| k.column()).collect();
+                    let mut marks = Vec::new();
+                    for (k, _) in &keys {
+                        args.push(sort_value(&marker, *k));
+                        marks.push(format!("?{}", args.len()));
+                    }
+                    let op = if keys[0].1 == SortDir::Asc { ">" } else { "<" };
+                    page_filter += &format!(
+                        " AND ({}) {op} ({})",
+                        cols.join(", "),
+                        marks.join(", ")
+                    );
+                }
+                // Mixed directions: (k1 > v1) OR (k1 = v1 AND k2 < v2) OR ...
                 let mut ors = Vec::new();
                 for i in 0..keys.len() {
+                    if same_dir {
+                        break;
+                    }
                     let mut ands = Vec::new();
                     for (j, (k, d)) in keys.iter().enumerate().take(i + 1) {
                         args.push(sort_value(&marker, *k));
@@ -529,7 +786,9 @@ impl Store {
                     }
                     ors.push(format!("({})", ands.join(" AND ")));
                 }
-                page_filter += &format!(" AND ({})", ors.join(" OR "));
+                if !ors.is_empty() {
+                    page_filter += &format!(" AND ({})", ors.join(" OR "));
+                }
             }
             let order: Vec<String> = keys
                 .iter()
@@ -651,6 +910,29 @@ impl Store {
                         "UPDATE volumes SET state = ?2, size_gib = COALESCE(?3, size_gib), \
                          error_reason = ?4, modified_at = ?5 WHERE id = ?1",
                         params![id, state.as_str(), size_gib, error_reason, now],
+                    )?;
+                }
+                (
+                    VolumeEffect::DropAttachment {
+                        attachment_id,
+                        error_reason,
+                    },
+                    Some(id),
+                ) => {
+                    tx.execute("DELETE FROM attachments WHERE id = ?1", [attachment_id])?;
+                    let left: u64 = tx.query_row(
+                        "SELECT COUNT(*) FROM attachments WHERE volume_id = ?1",
+                        [id],
+                        |r| r.get(0),
+                    )?;
+                    let state = if left > 0 {
+                        VolumeState::InUse
+                    } else {
+                        VolumeState::Available
+                    };
+                    tx.execute(
+                        "UPDATE volumes SET state = ?2, error_reason = ?3, modified_at = ?4 WHERE id = ?1",
+                        params![id, state.as_str(), error_reason, now],
                     )?;
                 }
                 (VolumeEffect::Remove, Some(id)) => {

@@ -83,6 +83,8 @@ string_enum!(
         DeleteVolume => "delete_volume",
         UpdateVolume => "update_volume",
         SetQos => "set_qos",
+        AttachVolume => "attach_volume",
+        DetachVolume => "detach_volume",
     }
 );
 
