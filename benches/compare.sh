@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Compare blockd's copy with qemu-img, cp, dd and the fio disk ceiling on an
+# 8 GiB sparse file holding 2 GiB of random data (every 4th MiB).
+# Usage: benches/compare.sh   (SCRATCH=/var/tmp/blockd-bench by default)
+# Extra blockd flags: BLOCKD_FLAGS="--direct-read" benches/compare.sh
+set -euo pipefail
+SCRATCH=${SCRATCH:-/var/tmp/blockd-bench}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$ROOT/target/release/examples/copy
+SRC=$SCRATCH/src.img
+DATA_MB=$((2048 * 1048576 / 1000000))
+
+cleanup() { rm -rf "$SCRATCH"; }
+trap cleanup EXIT
+
+(cd "$ROOT" && cargo build --release --examples -q)
+mkdir -p "$SCRATCH"
+echo "free space:"; df -h "$SCRATCH" | tail -1
+
+echo "generating 8 GiB sparse source with 2 GiB of data..."
+truncate -s 8G "$SRC"
+head -c 2G /dev/urandom > "$SCRATCH/rand"
+for i in $(seq 0 2047); do
+    dd if="$SCRATCH/rand" of="$SRC" bs=1M count=1 skip="$i" seek=$((i * 4)) conv=notrunc status=none
+done
+rm -f "$SCRATCH/rand"
+sync
+
+can_drop=1
+drop() {
+    sync
+    if [ "$can_drop" = 1 ] && ! echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then
+        echo "!!! cannot drop caches (not permitted): timings are WARM !!!" >&2
+        can_drop=0
+    fi
+}
+
+declare -A SECS
+run() { # name cmd...
+    local name=$1; shift
+    rm -f "$SCRATCH/dst"
+    drop
+    local t0 t1
+    t0=$(date +%s.%N)
+    "$@" > "$SCRATCH/$name.log" 2>&1
+    sync -f "$SCRATCH/dst" 2>/dev/null || sync
+    t1=$(date +%s.%N)
+    SECS[$name]=$(echo "$t1 - $t0" | bc -l)
+    if cmp -s "$SRC" "$SCRATCH/dst"; then echo "$name: content OK"; else echo "$name: CONTENT DIFFERS"; fi
+    echo "$name: dst allocated $(du -h "$SCRATCH/dst" | cut -f1)"
+    rm -f "$SCRATCH/dst"
+}
+
+run blockd-manifest "$BIN" "$SRC" "$SCRATCH/dst" ${BLOCKD_FLAGS:-}
+run blockd-nomanifest "$BIN" "$SRC" "$SCRATCH/dst" --no-manifest ${BLOCKD_FLAGS:-}
+run qemu-img qemu-img convert -W -m 16 -O raw "$SRC" "$SCRATCH/dst"
+run cp cp --sparse=always "$SRC" "$SCRATCH/dst"
+run dd dd if="$SRC" of="$SCRATCH/dst" bs=1M conv=sparse status=none
+
+# Disk ceiling: one 1 MiB direct read job and one write job at once.
+FIO_MBS=""
+if command -v fio >/dev/null; then
+    drop
+    fio --output-format=terse --terse-version=3 --directory="$SCRATCH" --size=2g --bs=1m \
+        --direct=1 --ioengine=io_uring --iodepth=32 --group_reporting=0 \
+        --name=r --rw=read --name=w --rw=write > "$SCRATCH/fio.out"
+    # terse v3: field 7 read KiB/s of job r, field 48 write KiB/s of job w.
+    R=$(awk -F';' 'NR==1{print $7}' "$SCRATCH/fio.out")
+    W=$(awk -F';' 'NR==2{print $48}' "$SCRATCH/fio.out")
+    FIO_MBS=$(echo "if ($R < $W) $R*1024/1000000 else $W*1024/1000000" | bc -l)
+    printf "fio ceiling: read %.0f MB/s, write %.0f MB/s concurrently -> %.0f MB/s\n" \
+        "$(echo "$R*1024/1000000" | bc -l)" "$(echo "$W*1024/1000000" | bc -l)" "$FIO_MBS"
+else
+    echo "!!! fio missing: apt-get update -qq && apt-get install -y -qq fio !!!"
+fi
+
+Q=${SECS[qemu-img]}
+printf "\n%-20s %8s %8s %10s\n" tool seconds "MB/s" "vs qemu"
+for n in blockd-manifest blockd-nomanifest qemu-img cp dd; do
+    s=${SECS[$n]}
+    printf "%-20s %8.2f %8.0f %10.2f\n" "$n" "$s" "$(echo "$DATA_MB / $s" | bc -l)" "$(echo "$s / $Q" | bc -l)"
+done
+if [ -n "$FIO_MBS" ]; then
+    printf "blockd-manifest vs fio ceiling: %.0f%%\n" "$(echo "100 * $DATA_MB / ${SECS[blockd-manifest]} / $FIO_MBS" | bc -l)"
+fi
+printf "manifest overhead: %.1f%%\n" \
+    "$(echo "100 * (${SECS[blockd-manifest]} - ${SECS[blockd-nomanifest]}) / ${SECS[blockd-nomanifest]}" | bc -l)"
