@@ -8,6 +8,7 @@ use crate::backend::VolumeBackend;
 use crate::backend::file::FileBackend;
 use crate::clock::SharedClock;
 use crate::config::{Config, load_or_generate_credentials};
+use crate::export::LoopExporter;
 use crate::service::Service;
 use crate::store::Store;
 use axum::Router;
@@ -101,7 +102,13 @@ impl Daemon {
             cfg.scp.credentials.clone()
         };
 
-        let service = Arc::new(Service::new(cfg, store, backends, clock.clone()));
+        let exporter = Arc::new(LoopExporter::new());
+        if !exporter.qos_enforced() {
+            tracing::warn!(
+                "no blkio throttle on this host: QoS limits are stored but not enforced"
+            );
+        }
+        let service = Arc::new(Service::new(cfg, store, backends, exporter, clock.clone()));
         let scp = Arc::new(ScpState::new(
             service.clone(),
             clock,

@@ -3,7 +3,8 @@
 //! volume's new state. Start-up recovery re-runs what a crash left behind;
 //! every backend step is idempotent, so a re-run converges.
 
-use super::{GIB, JobParams, Service};
+use super::{GIB, JobParams, Service, reason};
+use crate::backend::VolumeBackend;
 use crate::store::VolumeEffect;
 use crate::store::model::*;
 use std::sync::Arc;
@@ -66,26 +67,12 @@ impl Service {
                 return;
             }
         };
+        let svc = Arc::clone(&self);
         let id = volume_id.clone();
         let p = params.clone();
-        let work = tokio::task::spawn_blocking(move || match p {
-            JobParams::Create {
-                size_gib,
-                provisioning,
-            } => backend
-                .create(&id, size_gib * GIB, provisioning)
-                .map(|_| ()),
-            JobParams::Extend {
-                to_gib,
-                provisioning,
-                ..
-            } => backend.extend(&id, to_gib * GIB, provisioning).map(|_| ()),
-            JobParams::Delete => backend.delete(&id).map(|_| ()),
-            JobParams::Update => Ok(()),
-        })
-        .await;
+        let work = tokio::task::spawn_blocking(move || svc.work(&id, &p, backend.as_ref())).await;
         let result: Result<(), String> = match work {
-            Ok(r) => r.map_err(|e| e.to_string()),
+            Ok(r) => r,
             Err(e) => Err(format!("job task failed: {e}")),
         };
         let effect = match (&params, &result) {
@@ -121,8 +108,155 @@ impl Service {
                 error_reason: Some(e.clone()),
             },
             (JobParams::Update, _) => VolumeEffect::Nothing,
+            (JobParams::Attach { .. }, Ok(())) => VolumeEffect::SetState {
+                state: VolumeState::InUse,
+                size_gib: None,
+                error_reason: None,
+            },
+            (JobParams::Attach { server_id }, Err(e)) => {
+                self.drop_attachment(&volume_id, server_id, Some(e.clone()))
+            }
+            (JobParams::Detach { server_id }, Ok(())) => {
+                self.drop_attachment(&volume_id, server_id, None)
+            }
+            (JobParams::Detach { .. }, Err(e)) => VolumeEffect::SetState {
+                state: VolumeState::InUse,
+                size_gib: None,
+                error_reason: Some(e.clone()),
+            },
         };
         self.finish(&job, result, effect);
+    }
+
+    fn drop_attachment(
+        &self,
+        volume_id: &str,
+        server_id: &str,
+        reason: Option<String>,
+    ) -> VolumeEffect {
+        let found = self
+            .store
+            .attachments(volume_id)
+            .ok()
+            .and_then(|all| all.into_iter().find(|a| a.server_id == server_id));
+        match found {
+            Some(a) => VolumeEffect::DropAttachment {
+                attachment_id: a.id,
+                error_reason: reason,
+            },
+            None => VolumeEffect::Nothing,
+        }
+    }
+
+    /// The blocking part of a job. Each step converges when run again.
+    fn work(&self, id: &str, p: &JobParams, backend: &dyn VolumeBackend) -> Result<(), String> {
+        let err = |e: &dyn std::error::Error| reason(e);
+        match p {
+            JobParams::Create {
+                size_gib,
+                provisioning,
+            } => backend
+                .create(id, size_gib * GIB, *provisioning)
+                .map(|_| ())
+                .map_err(|e| err(&e)),
+            JobParams::Extend {
+                to_gib,
+                provisioning,
+                ..
+            } => {
+                backend
+                    .extend(id, to_gib * GIB, *provisioning)
+                    .map_err(|e| err(&e))?;
+                // A live volume's readers see the new size before the job ends.
+                if let Some(x) = self.store.export(id).map_err(|e| err(&e))? {
+                    let seen = self
+                        .exporter
+                        .refresh_size(&x.host_path)
+                        .map_err(|e| err(&e))?;
+                    if seen < to_gib * GIB {
+                        return Err(format!(
+                            "{} shows {seen} bytes after resize, expected {}",
+                            x.host_path,
+                            to_gib * GIB
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            JobParams::Delete => backend.delete(id).map(|_| ()).map_err(|e| err(&e)),
+            JobParams::Update => Ok(()),
+            JobParams::Attach { .. } => {
+                let v = self.store.get_volume(None, id).map_err(|e| err(&e))?;
+                self.ensure_export(&v, backend)
+            }
+            JobParams::Detach { server_id } => {
+                let others = self
+                    .store
+                    .attachments(id)
+                    .map_err(|e| err(&e))?
+                    .into_iter()
+                    .filter(|a| &a.server_id != server_id)
+                    .count();
+                if others > 0 {
+                    return Ok(());
+                }
+                if let Some(x) = self.store.export(id).map_err(|e| err(&e))? {
+                    self.exporter.unexport(&x.host_path).map_err(|e| err(&e))?;
+                    self.store.remove_export(id).map_err(|e| err(&e))?;
+                    tracing::info!(volume = %id, device = %x.host_path, "export removed");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Exports a volume unless a live export of it exists, then applies
+    /// its QoS limits.
+    pub(super) fn ensure_export(
+        &self,
+        v: &Volume,
+        backend: &dyn VolumeBackend,
+    ) -> Result<(), String> {
+        let err = |e: &dyn std::error::Error| reason(e);
+        let loc = backend.location(&v.id).ok_or_else(|| {
+            format!(
+                "backend {} cannot export volumes on this host",
+                backend.name()
+            )
+        })?;
+        let host_path = self.exporter.export(&loc, false).map_err(|e| err(&e))?;
+        let known = self.store.export(&v.id).map_err(|e| err(&e))?;
+        if known.as_ref().map(|k| k.host_path.as_str()) != Some(host_path.as_str()) {
+            self.store
+                .set_export(&crate::store::Export {
+                    volume_id: v.id.clone(),
+                    kind: self.exporter.kind().to_string(),
+                    host_path: host_path.clone(),
+                    created_at: self.now(),
+                })
+                .map_err(|e| err(&e))?;
+            tracing::info!(volume = %v.id, device = %host_path, "exported");
+        }
+        self.apply_qos(v, &host_path);
+        Ok(())
+    }
+
+    /// Applies a volume's limits to its export; a host that cannot enforce
+    /// them is warned about, not failed.
+    pub(super) fn apply_qos(&self, v: &Volume, host_path: &str) {
+        let limits = crate::export::QosLimits {
+            max_iops: v.max_iops,
+            max_throughput_mb: v.max_throughput,
+        };
+        match self.exporter.set_qos(host_path, &limits) {
+            Ok(true) => {}
+            Ok(false) => {
+                if limits.max_iops.is_some() || limits.max_throughput_mb.is_some() {
+                    tracing::warn!(volume = %v.id, "QoS limits are stored but this host cannot enforce them");
+                }
+            }
+            Err(e) => tracing::warn!(volume = %v.id, error = %e, "cannot apply QoS limits"),
+        }
     }
 
     fn finish(&self, job: &Job, result: Result<(), String>, effect: VolumeEffect) {
@@ -183,12 +317,89 @@ impl Service {
             failed += 1;
         }
         self.report_orphans();
+        self.reconcile_exports(&busy);
         let resumed = jobs.len();
         for job in jobs {
             tracing::info!(job = %job.id, kind = %job.kind, state = %job.state, "recovery: resuming job");
             self.spawn_job(job);
         }
         Ok((resumed, failed))
+    }
+
+    /// Brings host exports in line with the store: in-use volumes get their
+    /// export back (loop devices do not survive a reboot), and exports of
+    /// our files that no attachment needs are removed. Volumes with a job
+    /// still to run are left to that job.
+    fn reconcile_exports(&self, busy: &std::collections::HashSet<String>) {
+        let attached = match self.store.attached_volumes() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile: cannot list attached volumes");
+                return;
+            }
+        };
+        for v in attached.iter().filter(|v| !busy.contains(&v.id)) {
+            let before = self.store.export(&v.id).ok().flatten();
+            let result = self
+                .backend(&v.backend)
+                .map_err(|e| e.to_string())
+                .and_then(|b| self.ensure_export(v, b.as_ref()));
+            match result {
+                Ok(()) => {
+                    let after = self.store.export(&v.id).ok().flatten();
+                    if before.map(|b| b.host_path) != after.as_ref().map(|a| a.host_path.clone()) {
+                        tracing::warn!(volume = %v.id, device = ?after.map(|a| a.host_path), "reconcile: export re-created");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(volume = %v.id, error = %e, "reconcile: cannot re-create export");
+                    let _ = self.store.set_state(
+                        &v.id,
+                        VolumeState::Error,
+                        Some(&format!("export lost and not re-created: {e}")),
+                        &self.now(),
+                    );
+                }
+            }
+        }
+        let wanted: std::collections::HashSet<String> =
+            attached.iter().map(|v| v.id.clone()).collect();
+        if let Ok(rows) = self.store.all_exports() {
+            for x in rows
+                .iter()
+                .filter(|x| !wanted.contains(&x.volume_id) && !busy.contains(&x.volume_id))
+            {
+                tracing::warn!(volume = %x.volume_id, device = %x.host_path, "reconcile: removing export with no attachment");
+                if let Err(e) = self.exporter.unexport(&x.host_path) {
+                    tracing::error!(device = %x.host_path, error = %e, "reconcile: cannot remove export");
+                    continue;
+                }
+                let _ = self.store.remove_export(&x.volume_id);
+            }
+        }
+        let known: std::collections::HashSet<String> = self
+            .store
+            .all_exports()
+            .map(|r| r.into_iter().map(|x| x.host_path).collect())
+            .unwrap_or_default();
+        for e in self.exporter.exposed_under(&self.data_dir) {
+            if known.contains(&e.host_path) {
+                continue;
+            }
+            let owner = e
+                .backing
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .map(String::from)
+                .unwrap_or_default();
+            if busy.contains(&owner) {
+                continue;
+            }
+            tracing::warn!(device = %e.host_path, backing = %e.backing.display(), "reconcile: detaching a device no attachment owns");
+            if let Err(err) = self.exporter.unexport(&e.host_path) {
+                tracing::error!(device = %e.host_path, error = %err, "reconcile: cannot detach");
+            }
+        }
     }
 
     /// Logs backend volumes that have no row. They are left in place: a

@@ -9,6 +9,8 @@ mod jobs;
 use crate::backend::{BackendError, Location, VolumeBackend};
 use crate::clock::{SharedClock, format_ts};
 use crate::config::{Config, Provisioning, QuotaConfig, QuotaLimits};
+use crate::export::Exporter;
+use crate::store::NewAttachment;
 use crate::store::model::*;
 use crate::store::{QuotaCheck, Store, StoreError, Transition, VolumePatch};
 use serde::{Deserialize, Serialize};
@@ -60,6 +62,17 @@ pub enum ServiceError {
     Backend(#[from] BackendError),
 }
 
+/// A job's failure as the volume's error reason shows it.
+pub(crate) fn reason(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s += &format!(": {x}");
+        src = x.source();
+    }
+    s
+}
+
 /// Stable kinds the dialects map to their own status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -105,6 +118,7 @@ impl From<StoreError> for ServiceError {
                 in_use,
                 requested,
             },
+            StoreError::Conflict(m) => ServiceError::Conflict(m),
             StoreError::MarkerNotFound(m) => {
                 ServiceError::invalid("marker", format!("marker {m} not found"))
             }
@@ -177,11 +191,20 @@ pub(crate) enum JobParams {
     },
     Delete,
     Update,
+    Attach {
+        server_id: String,
+    },
+    Detach {
+        server_id: String,
+    },
 }
 
 pub struct Service {
     store: Arc<Store>,
     backends: HashMap<String, Arc<dyn VolumeBackend>>,
+    exporter: Arc<dyn Exporter>,
+    /// The data dir: exports backed by files under it are ours.
+    data_dir: std::path::PathBuf,
     types: Vec<VolumeType>,
     default_type: String,
     quota: RwLock<QuotaConfig>,
@@ -201,6 +224,9 @@ const DELETABLE: &[VolumeState] = &[
     VolumeState::ErrorDeleting,
     VolumeState::ErrorRestoring,
 ];
+
+/// Extending is allowed from these states; an in-use volume grows live.
+const EXTENDABLE: &[VolumeState] = &[VolumeState::Available, VolumeState::InUse];
 
 /// Metadata (name, QoS) may change in any state but these.
 const UPDATABLE: &[VolumeState] = &[
@@ -224,6 +250,7 @@ impl Service {
         cfg: &Config,
         store: Arc<Store>,
         backends: HashMap<String, Arc<dyn VolumeBackend>>,
+        exporter: Arc<dyn Exporter>,
         clock: SharedClock,
     ) -> Service {
         let types = cfg
@@ -243,6 +270,8 @@ impl Service {
         Service {
             store,
             backends,
+            exporter,
+            data_dir: cfg.data_dir(),
             types,
             default_type: cfg.default_volume_type.clone(),
             quota: RwLock::new(cfg.quota.clone()),
@@ -478,7 +507,12 @@ impl Service {
             max_throughput,
             ..Default::default()
         };
-        self.patch(caller, id, JobKind::SetQos, &patch)
+        let d = self.patch(caller, id, JobKind::SetQos, &patch)?;
+        // Limits change live on an attached volume.
+        if let Some(x) = self.store.export(id)? {
+            self.apply_qos(&d.volume, &x.host_path);
+        }
+        Ok(d)
     }
 
     fn patch(
@@ -511,9 +545,9 @@ impl Service {
             .store
             .get_volume(caller.scope(), id)
             .map_err(not_found(id))?;
-        if current.state != VolumeState::Available {
+        if !EXTENDABLE.contains(&current.state) {
             return Err(ServiceError::Conflict(format!(
-                "volume {id} is {}; it can be extended only when available",
+                "volume {id} is {}; it can be extended only when available or in use",
                 current.state
             )));
         }
@@ -561,7 +595,7 @@ impl Service {
                 caller.scope(),
                 id,
                 &Transition {
-                    allowed: &[VolumeState::Available],
+                    allowed: EXTENDABLE,
                     to: VolumeState::Extending,
                     job: &job,
                     quota: Some(&quota),
@@ -628,6 +662,125 @@ impl Service {
         tracing::info!(volume = %id, job = %job.id, "volume delete accepted");
         self.spawn_job(job);
         Ok(())
+    }
+
+    /// Attaches a volume to a server: allocates the server's next device
+    /// name now, and exports the volume in a job (attaching -> in-use).
+    pub fn attach_volume(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        server_id: &str,
+        delete_on_termination: bool,
+    ) -> Result<Attachment> {
+        if self.tasks.is_closed() {
+            return Err(ServiceError::Unavailable);
+        }
+        let params = JobParams::Attach {
+            server_id: server_id.to_string(),
+        };
+        let job = self.new_job(
+            JobKind::AttachVolume,
+            caller,
+            id,
+            &params,
+            JobState::Pending,
+        );
+        let now = self.now();
+        let att = self
+            .store
+            .begin_attach(
+                caller.scope(),
+                &NewAttachment {
+                    volume_id: id,
+                    server_id,
+                    delete_on_termination,
+                    job: &job,
+                    now: &now,
+                },
+            )
+            .map_err(not_found(id))
+            .map_err(|e| conflict(e, "attach"))?;
+        tracing::info!(volume = %id, server = %server_id, device = %att.device, job = %job.id, "attach accepted");
+        self.spawn_job(job);
+        Ok(att)
+    }
+
+    /// Detaches a volume from a server (detaching -> available, or in-use
+    /// while other attachments remain).
+    pub fn detach_volume(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        server_id: &str,
+    ) -> Result<()> {
+        if self.tasks.is_closed() {
+            return Err(ServiceError::Unavailable);
+        }
+        let params = JobParams::Detach {
+            server_id: server_id.to_string(),
+        };
+        let job = self.new_job(
+            JobKind::DetachVolume,
+            caller,
+            id,
+            &params,
+            JobState::Pending,
+        );
+        let now = self.now();
+        self.store
+            .begin_detach(caller.scope(), id, server_id, &job, &now)
+            .map_err(|e| match e {
+                StoreError::NotFound => ServiceError::NotFound {
+                    what: "attachment",
+                    id: format!("{id} on server {server_id}"),
+                },
+                e => e.into(),
+            })
+            .map_err(|e| conflict(e, "detach"))?;
+        tracing::info!(volume = %id, server = %server_id, job = %job.id, "detach accepted");
+        self.spawn_job(job);
+        Ok(())
+    }
+
+    /// A server's attachments among the caller's volumes.
+    pub fn server_attachments(&self, caller: &Caller, server_id: &str) -> Result<Vec<Attachment>> {
+        Ok(self.store.server_attachments(caller.scope(), server_id)?)
+    }
+
+    pub fn attachment(
+        &self,
+        caller: &Caller,
+        server_id: &str,
+        volume_id: &str,
+    ) -> Result<Attachment> {
+        self.server_attachments(caller, server_id)?
+            .into_iter()
+            .find(|a| a.volume_id == volume_id)
+            .ok_or_else(|| ServiceError::NotFound {
+                what: "attachment",
+                id: format!("{volume_id} on server {server_id}"),
+            })
+    }
+
+    pub fn set_delete_on_termination(
+        &self,
+        caller: &Caller,
+        server_id: &str,
+        volume_id: &str,
+        value: bool,
+    ) -> Result<Attachment> {
+        let a = self.attachment(caller, server_id, volume_id)?;
+        self.store.set_delete_on_termination(&a.id, value)?;
+        self.attachment(caller, server_id, volume_id)
+    }
+
+    /// The host export of an attached volume.
+    pub fn export_of(&self, caller: &Caller, id: &str) -> Result<Option<crate::store::Export>> {
+        self.store
+            .get_volume(caller.scope(), id)
+            .map_err(not_found(id))?;
+        Ok(self.store.export(id)?)
     }
 
     /// Where the volume's bytes are, for operators and hypervisor glue.

@@ -1235,4 +1235,61 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind(), StoreErrorKind::NotFound);
     }
+
+    #[test]
+    fn device_names_are_per_server_and_reused_after_detach() {
+        let (_d, s) = store();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let id = format!("v{i}");
+            s.create_volume(
+                &vol(&id, "p", &id, 8, "t"),
+                &[],
+                &job(&format!("c{i}"), &id),
+                &BIG,
+            )
+            .unwrap();
+            ids.push(id);
+        }
+        let attach = |vol: &str, server: &str, j: &str| {
+            s.begin_attach(
+                Some("p"),
+                &NewAttachment {
+                    volume_id: vol,
+                    server_id: server,
+                    delete_on_termination: false,
+                    job: &job(j, vol),
+                    now: "t",
+                },
+            )
+        };
+        assert_eq!(attach("v0", "s1", "a0").unwrap().device, "/dev/vdb");
+        // v0 is attaching: not attachable again.
+        assert_eq!(
+            attach("v0", "s2", "a1").unwrap_err().kind(),
+            StoreErrorKind::WrongState
+        );
+        assert_eq!(attach("v1", "s1", "a2").unwrap().device, "/dev/vdc");
+        assert_eq!(attach("v2", "s2", "a3").unwrap().device, "/dev/vdb");
+        let first = s.attachments("v0").unwrap().remove(0);
+        s.finish_job(
+            "a0",
+            JobState::Succeeded,
+            None,
+            Some("v0"),
+            &VolumeEffect::DropAttachment {
+                attachment_id: first.id,
+                error_reason: None,
+            },
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            s.get_volume(None, "v0").unwrap().state,
+            VolumeState::Available
+        );
+        assert_eq!(attach("v0", "s1", "a4").unwrap().device, "/dev/vdb");
+        assert_eq!(s.server_attachments(Some("p"), "s1").unwrap().len(), 2);
+        assert_eq!(s.server_attachments(Some("q"), "s1").unwrap().len(), 0);
+    }
 }

@@ -45,6 +45,7 @@ pub struct TestDaemon {
     pub daemon: Daemon,
     pub clock: SharedClock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    keep_devices: bool,
 }
 
 impl TestDaemon {
@@ -59,6 +60,25 @@ impl TestDaemon {
             .prefix("blockd-test")
             .tempdir_in("/var/tmp")
             .expect("temp dir");
+        TestDaemon::start_in(dir, extra, clock).await
+    }
+
+    /// Stops this daemon and starts a new one on the same data dir, as a
+    /// restart of the service would. Exports are left as they are.
+    pub async fn restart(mut self, extra: &str) -> TestDaemon {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.daemon.service.drain(Duration::from_secs(10)).await;
+        let dir = tempfile::TempDir::new_in("/var/tmp").expect("placeholder");
+        let real = std::mem::replace(&mut self.dir, dir);
+        let clock = self.clock.clone();
+        self.keep_devices = true;
+        drop(self);
+        TestDaemon::start_in(real, extra, clock).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, extra: &str, clock: SharedClock) -> TestDaemon {
         let data = dir.path().join("data");
         let text = config_text(&data, extra);
         let cfg = Config::parse(&text, "test.toml").expect("test config");
@@ -79,6 +99,7 @@ impl TestDaemon {
             daemon,
             clock,
             stop: Some(tx),
+            keep_devices: false,
         }
     }
 
@@ -99,9 +120,16 @@ impl TestDaemon {
 }
 
 impl Drop for TestDaemon {
+    /// Detaches every loop device over this daemon's files, even when the
+    /// test failed, so no device outlives its test.
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
+        }
+        if !self.keep_devices {
+            for d in blockd::export::list_under(self.dir.path()) {
+                let _ = blockd::export::detach(&d.device);
+            }
         }
     }
 }

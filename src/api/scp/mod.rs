@@ -16,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, Extension, Path, RawQuery, Request, State}
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -186,6 +186,18 @@ pub fn router(state: Arc<ScpState>, max_body: usize) -> Router {
         )
         .route("/v1/volumes/{id}/size", put(extend_volume))
         .route("/v1/volumes/{id}/qos", put(set_qos))
+        .route("/v1/volumes/{id}/servers", post(attach))
+        .route("/v1/volumes/{id}/servers/{server_id}", delete(detach))
+        .route(
+            "/v1/servers/{server_id}/volumes",
+            get(server_volumes).post(server_attach),
+        )
+        .route(
+            "/v1/servers/{server_id}/volumes/{id}",
+            get(server_volume)
+                .put(server_volume_update)
+                .delete(server_detach),
+        )
         .route("/v1/volume-types", get(list_types))
         .route("/v1/volume-types/default", get(default_type))
         .route("/v1/volume-types/{id}", get(show_type))
@@ -710,6 +722,10 @@ async fn native_volume(
         crate::backend::Location::BlockDevice(p) => json!({"kind": "block_device", "path": p}),
     });
     let jobs = st.svc.jobs_for_volume(&ctx.caller, id)?;
+    let export = st
+        .svc
+        .export_of(&ctx.caller, id)?
+        .map(|x| json!({"kind": x.kind, "host_path": x.host_path, "created_at": x.created_at}));
     let v = &d.volume;
     Ok(Json(json!({
         "id": v.id,
@@ -720,6 +736,149 @@ async fn native_volume(
         "backend": v.backend,
         "volume_type": v.volume_type,
         "location": location,
+        "export": export,
+        "attachments": d.attachments,
         "jobs": jobs,
     })))
+}
+
+fn check_server_id(s: &str) -> Result<(), ScpError> {
+    if s.is_empty() || s.len() > 255 || s.chars().any(|c| c.is_control() || c == '/') {
+        return Err(ScpError::bad_request(
+            "server_id: must be 1-255 characters without control characters or '/'",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachReq {
+    server_id: Option<String>,
+    delete_on_termination: Option<bool>,
+}
+
+async fn attach(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+    body: Result<RawBody, BodyError>,
+) -> Result<Response, ScpError> {
+    let id = volume_id(&id)?;
+    let r: AttachReq = body?.parse()?;
+    let server = r
+        .server_id
+        .ok_or_else(|| ScpError::bad_request("server_id: is required"))?;
+    check_server_id(&server)?;
+    let a = st.svc.attach_volume(
+        &ctx.caller,
+        id,
+        &server,
+        r.delete_on_termination.unwrap_or(false),
+    )?;
+    Ok((StatusCode::ACCEPTED, Json(views::attach(&a))).into_response())
+}
+
+async fn detach(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    Path((id, server)): Path<(String, String)>,
+) -> Result<Response, ScpError> {
+    let id = volume_id(&id)?;
+    check_server_id(&server)?;
+    st.svc.detach_volume(&ctx.caller, id, &server)?;
+    Ok(empty(StatusCode::ACCEPTED))
+}
+
+async fn server_volumes(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    Path(server): Path<String>,
+) -> Result<Json<Value>, ScpError> {
+    check_server_id(&server)?;
+    let all = st.svc.server_attachments(&ctx.caller, &server)?;
+    let items: Vec<_> = all.iter().map(views::server_volume).collect();
+    Ok(Json(json!({ "volumes": items })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerAttachReq {
+    volume_id: Option<String>,
+    device: Option<String>,
+    delete_on_termination: Option<bool>,
+}
+
+async fn server_attach(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    Path(server): Path<String>,
+    body: Result<RawBody, BodyError>,
+) -> Result<Response, ScpError> {
+    check_server_id(&server)?;
+    let r: ServerAttachReq = body?.parse()?;
+    let vid = r
+        .volume_id
+        .ok_or_else(|| ScpError::bad_request("volume_id: is required"))?;
+    let vid = volume_id(&vid)?;
+    if let Some(dev) = &r.device {
+        // Device names are assigned by blockd so they never collide; a
+        // requested name is honoured only if it is the one assigned.
+        if !dev.starts_with("/dev/vd") {
+            return Err(ScpError::bad_request("device: must look like /dev/vdX"));
+        }
+    }
+    let a = st.svc.attach_volume(
+        &ctx.caller,
+        vid,
+        &server,
+        r.delete_on_termination.unwrap_or(false),
+    )?;
+    Ok((StatusCode::ACCEPTED, Json(views::server_volume(&a))).into_response())
+}
+
+async fn server_volume(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    Path((server, id)): Path<(String, String)>,
+) -> Result<Json<views::ServerVolume>, ScpError> {
+    check_server_id(&server)?;
+    let id = volume_id(&id)?;
+    let a = st.svc.attachment(&ctx.caller, &server, id)?;
+    Ok(Json(views::server_volume(&a)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerVolumeUpdate {
+    delete_on_termination: Option<bool>,
+}
+
+async fn server_volume_update(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    Path((server, id)): Path<(String, String)>,
+    body: Result<RawBody, BodyError>,
+) -> Result<Json<views::ServerVolume>, ScpError> {
+    check_server_id(&server)?;
+    let id = volume_id(&id)?;
+    let r: ServerVolumeUpdate = body?.parse()?;
+    let dot = r
+        .delete_on_termination
+        .ok_or_else(|| ScpError::bad_request("delete_on_termination: is required"))?;
+    let a = st
+        .svc
+        .set_delete_on_termination(&ctx.caller, &server, id, dot)?;
+    Ok(Json(views::server_volume(&a)))
+}
+
+async fn server_detach(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    Path((server, id)): Path<(String, String)>,
+) -> Result<Response, ScpError> {
+    check_server_id(&server)?;
+    let id = volume_id(&id)?;
+    st.svc.detach_volume(&ctx.caller, id, &server)?;
+    Ok(empty(StatusCode::ACCEPTED))
 }

@@ -4,6 +4,7 @@
 
 use super::version::ApiVersion;
 use crate::service::{Quota, VolumeDetail, VolumeType};
+use crate::store::model::Attachment;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -157,5 +158,43 @@ pub fn quota_set(project: &str, q: &Quota) -> QuotaSet {
         snapshots: item(q.usage.snapshots, q.limits.snapshots),
         usages: item(q.usage.gigabytes, q.limits.gigabytes),
         volumes: item(q.usage.volumes, q.limits.volumes),
+    }
+}
+
+/// The answer to `POST /v1/volumes/{id}/servers`.
+#[derive(Serialize)]
+pub struct AttachView {
+    pub delete_on_termination: bool,
+    pub device: String,
+    pub server_id: String,
+    pub volume_id: String,
+}
+
+pub fn attach(a: &Attachment) -> AttachView {
+    AttachView {
+        delete_on_termination: a.delete_on_termination,
+        device: a.device.clone(),
+        server_id: a.server_id.clone(),
+        volume_id: a.volume_id.clone(),
+    }
+}
+
+/// A server's view of one attached volume; `id` is the volume id.
+#[derive(Serialize)]
+pub struct ServerVolume {
+    pub id: String,
+    pub server_id: String,
+    pub volume_id: String,
+    pub device: String,
+    pub delete_on_termination: bool,
+}
+
+pub fn server_volume(a: &Attachment) -> ServerVolume {
+    ServerVolume {
+        id: a.volume_id.clone(),
+        server_id: a.server_id.clone(),
+        volume_id: a.volume_id.clone(),
+        device: a.device.clone(),
+        delete_on_termination: a.delete_on_termination,
     }
 }
