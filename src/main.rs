@@ -27,6 +27,64 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Host exports of volumes, read from the local store.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// Show where a volume is exposed on this host (e.g. /dev/loop3).
+    Show {
+        volume_id: String,
+        /// Config file of the daemon (for its data dir).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit code 2: the volume exists but is not exported.
+fn export_show(
+    volume_id: &str,
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    let cfg = blockd::config::Config::load(config.as_deref())?;
+    let dir = data_dir.unwrap_or_else(|| cfg.data_dir());
+    let db = dir.join("blockd.db");
+    let store = blockd::store::Store::open_read_only(&db)
+        .with_context(|| format!("opening {}", db.display()))?;
+    let v = store
+        .get_volume(None, volume_id)
+        .with_context(|| format!("volume {volume_id}"))?;
+    let x = store.export(volume_id)?;
+    if json {
+        let out = serde_json::json!({
+            "volume_id": v.id,
+            "state": v.state.as_str(),
+            "export": x,
+            "attachments": store.attachments(volume_id)?,
+        });
+        println!("{out}");
+    } else {
+        match &x {
+            Some(x) => println!("{}\t{}\t{}\t{}", v.id, v.state, x.kind, x.host_path),
+            None => println!("{}\t{}\tnot exported", v.id, v.state),
+        }
+    }
+    Ok(if x.is_some() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(2)
+    })
 }
 
 fn init_logging(format: &str) {
@@ -78,7 +136,7 @@ async fn serve(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Re
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve {
@@ -88,11 +146,21 @@ fn main() -> anyhow::Result<()> {
         } => {
             init_logging(&log_format);
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            rt.block_on(serve(config, data_dir))
+            rt.block_on(serve(config, data_dir))?;
+            Ok(std::process::ExitCode::SUCCESS)
         }
         Command::DefaultConfig => {
             print!("{}", blockd::config::EMBEDDED_DEFAULT);
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Export {
+            command:
+                ExportCommand::Show {
+                    volume_id,
+                    config,
+                    data_dir,
+                    json,
+                },
+        } => export_show(&volume_id, config, data_dir, json),
     }
 }

@@ -108,6 +108,19 @@ async fn loop_attach_write_read_extend_detach() {
     assert!(v["servers"][0]["attached_at"].is_string());
     let dev = host_path(&c, &id).await;
     assert!(dev.starts_with("/dev/loop"), "{dev}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blockd"))
+        .args(["export", "show", &id, "--json", "--data-dir"])
+        .arg(d.dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["export"]["host_path"], dev.as_str());
+    assert_eq!(shown["state"], "in-use");
 
     // Bytes written through the device land in the file.
     let buf = Aligned::new(1 << 20, 0xA5);

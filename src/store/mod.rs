@@ -381,6 +381,26 @@ impl Store {
         Store::init(conn)
     }
 
+    /// Opens an existing database for reading only (operator tools beside
+    /// a running daemon). It must already be migrated.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version != MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {version}, this blockd expects {}",
+                MIGRATIONS.len()
+            )));
+        }
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
     fn init(mut conn: Connection) -> Result<Store> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
