@@ -80,8 +80,20 @@ async fn sigkill_with_jobs_in_flight_then_restart_finishes_them() {
         .as_str()
         .unwrap()
         .to_string();
+    let snapsrc = c.create("snapsrc", 8, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     c.wait(&keep, &["available"]).await;
     c.wait(&gone, &["available"]).await;
+    c.wait(&snapsrc, &["available"]).await;
+    std::fs::write(vols.join(format!("{snapsrc}.img")), vec![0x42u8; 3 << 20]).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(vols.join(format!("{snapsrc}.img")))
+        .unwrap()
+        .set_len(8 * GIB)
+        .unwrap();
     drop(p);
 
     // Phase 2: every job waits 5 s before working; kill while they wait.
@@ -105,6 +117,15 @@ async fn sigkill_with_jobs_in_flight_then_restart_finishes_them() {
         .call(Method::DELETE, &format!("/v1/volumes/{gone}"), None)
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
+    let r = c
+        .call(
+            Method::POST,
+            "/v1/snapshots",
+            Some(json!({"name": "s", "volume_id": snapsrc})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let snap = r.body["id"].as_str().unwrap().to_string();
     for id in &fresh {
         assert_eq!(
             c.get(&format!("/v1/volumes/{id}")).await.body["state"],
@@ -140,6 +161,35 @@ async fn sigkill_with_jobs_in_flight_then_restart_finishes_them() {
     );
     c.wait(&gone, &[]).await;
     assert!(!vols.join(format!("{gone}.img")).exists());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.get(&format!("/v1/snapshots/{snap}")).await;
+        if s.body["status"] == "available" {
+            break;
+        }
+        assert_ne!(s.body["status"], "error", "{}", s.text);
+        assert!(
+            Instant::now() < deadline,
+            "snapshot never finished: {}",
+            s.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v = c
+        .call(
+            Method::POST,
+            &format!("/blockd/v1/snapshots/{snap}/verify"),
+            None,
+        )
+        .await;
+    assert_eq!(v.body["ok"], true, "{}", v.text);
+    let snapdir = dir.path().join("data/snapshots");
+    let leftovers: Vec<_> = std::fs::read_dir(&snapdir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
 
     // Every job is terminal, and no volume is left in transition.
     let l = c.get("/v1/volumes?limit=1000").await;

@@ -839,41 +839,6 @@ async fn volume_types_are_listed_and_shown() {
 }
 
 #[tokio::test]
-async fn delete_refuses_a_volume_with_snapshots_rows() {
-    // Until snapshots can be made through the API, a volume that has one
-    // (here inserted directly by the store's owner) cannot be deleted.
-    let d = TestDaemon::start().await;
-    let c = d.client("a");
-    let v = c.create("snapped", 8, None).await;
-    let id = v["id"].as_str().unwrap().to_string();
-    c.wait(&id, &["available"]).await;
-    let db = d.dir.path().join("data/blockd.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute(
-        "INSERT INTO snapshots (id, volume_id, project_id, user_id, name, size_gib, status, created_at, updated_at) \
-         VALUES ('s1', ?1, 'project-a', 'user-a', 's', 8, 'available', 't', 't')",
-        [&id],
-    )
-    .unwrap();
-    for q in ["", "?cascade=false", "?cascade=true"] {
-        let a = c
-            .call(Method::DELETE, &format!("/v1/volumes/{id}{q}"), None)
-            .await;
-        assert_eq!(a.status, StatusCode::CONFLICT, "{q}: {}", a.text);
-        assert!(detail(&a).contains("snapshot"));
-    }
-    let a = c
-        .call(
-            Method::DELETE,
-            &format!("/v1/volumes/{id}?cascade=perhaps"),
-            None,
-        )
-        .await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    assert!(d.volume_path(&id).exists());
-}
-
-#[tokio::test]
 async fn a_provisioned_volume_larger_than_the_disk_ends_in_error_with_a_reason() {
     let d = TestDaemon::start_with(
         "[quota]\ngigabytes = 1000000\nper_volume_gigabytes = 1000000\n",

@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 pub struct FileBackend {
     name: String,
     dir: PathBuf,
+    snapshots: PathBuf,
 }
 
 impl FileBackend {
-    /// Opens the backend over `dir`, creating it (0700) if needed.
+    /// Opens the backend over `dir` (volumes) and its sibling `snapshots`,
+    /// creating them (0700) if needed.
     pub fn open(name: &str, dir: &Path) -> Result<FileBackend, BackendError> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -23,9 +25,16 @@ impl FileBackend {
             .mode(0o700)
             .create(dir)
             .map_err(|e| io(name, "create dir", dir, e))?;
+        let snapshots = dir.with_file_name("snapshots");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&snapshots)
+            .map_err(|e| io(name, "create dir", &snapshots, e))?;
         Ok(FileBackend {
             name: name.to_string(),
             dir: dir.to_path_buf(),
+            snapshots,
         })
     }
 
@@ -220,6 +229,36 @@ impl VolumeBackend for FileBackend {
     fn location(&self, id: &str) -> Option<Location> {
         check_id(id).ok()?;
         Some(Location::File(self.path(id)))
+    }
+
+    fn snapshot_location(&self, snapshot_id: &str) -> Option<Location> {
+        check_id(snapshot_id).ok()?;
+        Some(Location::File(
+            self.snapshots.join(format!("{snapshot_id}.img")),
+        ))
+    }
+
+    fn delete_snapshot(&self, snapshot_id: &str) -> Result<Change, BackendError> {
+        check_id(snapshot_id)?;
+        let data = self.snapshots.join(format!("{snapshot_id}.img"));
+        let mut change = Change::Unchanged;
+        for p in [
+            super::temp_path(&data),
+            super::manifest_path(&data),
+            data.clone(),
+        ] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => change = Change::Changed,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.err("remove", &p, e)),
+            }
+        }
+        if change == Change::Changed {
+            File::open(&self.snapshots)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| self.err("fsync dir", &self.snapshots, e))?;
+        }
+        Ok(change)
     }
 }
 

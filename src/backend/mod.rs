@@ -84,6 +84,22 @@ pub trait VolumeBackend: Send + Sync {
     /// Ids of every volume the backend holds.
     fn list(&self) -> Result<Vec<String>, BackendError>;
     fn location(&self, id: &str) -> Option<Location>;
+    /// Where a snapshot's full copy lives (its manifest sits beside it).
+    fn snapshot_location(&self, snapshot_id: &str) -> Option<Location>;
+    /// Removes a snapshot's data and manifest; absent is Unchanged.
+    fn delete_snapshot(&self, snapshot_id: &str) -> Result<Change, BackendError>;
+}
+
+/// The manifest path beside a snapshot file, and the temp path a copy is
+/// written to before it is renamed into place.
+pub fn manifest_path(data: &std::path::Path) -> PathBuf {
+    data.with_extension("manifest")
+}
+
+pub fn temp_path(data: &std::path::Path) -> PathBuf {
+    let mut s = data.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
 }
 
 /// Accepts only the server's own hyphenated UUIDs, so that no user input

@@ -42,6 +42,13 @@ impl Service {
                 return;
             }
         };
+        if matches!(
+            params,
+            JobParams::Snapshot { .. } | JobParams::DeleteSnapshot { .. }
+        ) {
+            self.run_snapshot_job(job, params).await;
+            return;
+        }
         let backend_name = match self.store.get_volume(None, &volume_id) {
             Ok(v) => v.backend,
             Err(e) => {
@@ -101,13 +108,28 @@ impl Service {
                 size_gib: None,
                 error_reason: Some(e.clone()),
             },
-            (JobParams::Delete, Ok(())) => VolumeEffect::Remove,
-            (JobParams::Delete, Err(e)) => VolumeEffect::SetState {
-                state: VolumeState::ErrorDeleting,
+            (JobParams::Delete | JobParams::DeleteWithSnapshots, Ok(())) => VolumeEffect::Remove,
+            (JobParams::Delete | JobParams::DeleteWithSnapshots, Err(e)) => {
+                VolumeEffect::SetState {
+                    state: VolumeState::ErrorDeleting,
+                    size_gib: None,
+                    error_reason: Some(e.clone()),
+                }
+            }
+            (JobParams::Update, _) => VolumeEffect::Nothing,
+            (JobParams::Snapshot { .. } | JobParams::DeleteSnapshot { .. }, _) => {
+                VolumeEffect::Nothing
+            }
+            (JobParams::Revert { .. }, Ok(())) => VolumeEffect::SetState {
+                state: VolumeState::Available,
+                size_gib: None,
+                error_reason: None,
+            },
+            (JobParams::Revert { .. }, Err(e)) => VolumeEffect::SetState {
+                state: VolumeState::ErrorRestoring,
                 size_gib: None,
                 error_reason: Some(e.clone()),
             },
-            (JobParams::Update, _) => VolumeEffect::Nothing,
             (JobParams::Attach { .. }, Ok(())) => VolumeEffect::SetState {
                 state: VolumeState::InUse,
                 size_gib: None,
@@ -155,10 +177,35 @@ impl Service {
             JobParams::Create {
                 size_gib,
                 provisioning,
+                from_snapshot: None,
             } => backend
                 .create(id, size_gib * GIB, *provisioning)
                 .map(|_| ())
                 .map_err(|e| err(&e)),
+            JobParams::Create {
+                size_gib,
+                provisioning,
+                from_snapshot: Some(sid),
+            } => {
+                self.restore_copy(sid, id, size_gib * GIB, backend)?;
+                // Allocates the rest when the type is provisioned.
+                backend
+                    .extend(id, size_gib * GIB, *provisioning)
+                    .map(|_| ())
+                    .map_err(|e| err(&e))
+            }
+            JobParams::Revert { snapshot_id } => {
+                let v = self.store.get_volume(None, id).map_err(|e| err(&e))?;
+                self.restore_copy(snapshot_id, id, v.size_gib * GIB, backend)
+            }
+            JobParams::DeleteWithSnapshots => {
+                for s in self.store.snapshots_of(id).map_err(|e| err(&e))? {
+                    backend.delete_snapshot(&s.id).map_err(|e| err(&e))?;
+                }
+                self.store.remove_snapshots_of(id).map_err(|e| err(&e))?;
+                backend.delete(id).map(|_| ()).map_err(|e| err(&e))
+            }
+            JobParams::Snapshot { .. } | JobParams::DeleteSnapshot { .. } => Ok(()),
             JobParams::Extend {
                 to_gib,
                 provisioning,
@@ -296,6 +343,15 @@ impl Service {
                 busy.insert(v.clone());
             }
         }
+        let busy_snapshots: std::collections::HashSet<String> = jobs
+            .iter()
+            .filter_map(|j| match serde_json::from_str::<JobParams>(&j.params) {
+                Ok(JobParams::Snapshot { snapshot_id })
+                | Ok(JobParams::DeleteSnapshot { snapshot_id }) => Some(snapshot_id),
+                _ => None,
+            })
+            .collect();
+        self.recover_snapshots(&busy_snapshots);
         let now = self.now();
         let mut failed = 0;
         for v in self.store.volumes_in_transition()? {

@@ -5,6 +5,9 @@
 //! across restarts too.
 
 mod jobs;
+mod snapshots;
+
+pub use snapshots::CreateSnapshot;
 
 use crate::backend::{BackendError, Location, VolumeBackend};
 use crate::clock::{SharedClock, format_ts};
@@ -181,6 +184,9 @@ pub(crate) enum JobParams {
     Create {
         size_gib: u64,
         provisioning: Provisioning,
+        /// Fill the new volume from this snapshot, verifying its manifest.
+        #[serde(default)]
+        from_snapshot: Option<String>,
     },
     Extend {
         from_gib: u64,
@@ -190,7 +196,18 @@ pub(crate) enum JobParams {
         back_to: String,
     },
     Delete,
+    /// Delete the volume's snapshots, then the volume.
+    DeleteWithSnapshots,
     Update,
+    Snapshot {
+        snapshot_id: String,
+    },
+    DeleteSnapshot {
+        snapshot_id: String,
+    },
+    Revert {
+        snapshot_id: String,
+    },
     Attach {
         server_id: String,
     },
@@ -211,6 +228,9 @@ pub struct Service {
     clock: SharedClock,
     tasks: TaskTracker,
     job_delay: std::time::Duration,
+    /// Cancel tokens of snapshot copies in flight, by snapshot id.
+    copies: std::sync::Mutex<HashMap<String, crate::copy::CancelToken>>,
+    copy_options: crate::copy::CopyOptions,
 }
 
 /// Volume type ids derived from names stay the same across restarts.
@@ -278,6 +298,8 @@ impl Service {
             clock,
             tasks: TaskTracker::new(),
             job_delay: std::time::Duration::from_millis(cfg.jobs.debug_delay_ms),
+            copies: std::sync::Mutex::new(HashMap::new()),
+            copy_options: crate::copy::CopyOptions::default(),
         }
     }
 
@@ -392,17 +414,32 @@ impl Service {
                 requested: req.size_gib,
             });
         }
-        if let Some(s) = &req.snapshot_id {
-            if !self.store.snapshot_exists(&caller.project_id, s)? {
-                return Err(ServiceError::NotFound {
-                    what: "snapshot",
-                    id: s.clone(),
-                });
+        if let Some(sid) = &req.snapshot_id {
+            let snap = self
+                .store
+                .get_snapshot(Some(&caller.project_id), sid)
+                .map_err(|e| match e {
+                    StoreError::NotFound => ServiceError::NotFound {
+                        what: "snapshot",
+                        id: sid.clone(),
+                    },
+                    e => e.into(),
+                })?;
+            if snap.status != SnapshotStatus::Available {
+                return Err(ServiceError::invalid(
+                    "snapshot_id",
+                    format!("snapshot {sid} is {}, not available", snap.status),
+                ));
             }
-            return Err(ServiceError::invalid(
-                "snapshot_id",
-                "creating a volume from a snapshot is not available yet",
-            ));
+            if req.size_gib < snap.size_gib {
+                return Err(ServiceError::invalid(
+                    "size",
+                    format!(
+                        "{} GiB is smaller than snapshot {sid} ({} GiB)",
+                        req.size_gib, snap.size_gib
+                    ),
+                ));
+            }
         }
         self.backend(&vt.backend)?;
         let now = self.now();
@@ -431,6 +468,7 @@ impl Service {
         let params = JobParams::Create {
             size_gib: volume.size_gib,
             provisioning: vt.provisioning,
+            from_snapshot: volume.snapshot_id.clone(),
         };
         let job = self.new_job(
             JobKind::CreateVolume,
@@ -551,6 +589,11 @@ impl Service {
                 current.state
             )));
         }
+        if self.copying_snapshot(id)? {
+            return Err(ServiceError::Conflict(format!(
+                "volume {id} has a snapshot being copied; extend it afterwards"
+            )));
+        }
         if new_size_gib <= current.size_gib {
             return Err(ServiceError::invalid(
                 "size",
@@ -626,22 +669,34 @@ impl Service {
         if !self.store.attachments(id)?.is_empty() {
             return Err(ServiceError::Conflict(format!("volume {id} is attached")));
         }
-        let snaps = self.store.snapshot_count(id)?;
-        if snaps > 0 {
-            let how = if cascade {
-                "cascade deletion of snapshots is not available yet"
-            } else {
-                "delete them first or pass cascade=true"
-            };
+        let snaps = self.store.snapshots_of(id)?;
+        if !snaps.is_empty() && !cascade {
             return Err(ServiceError::Conflict(format!(
-                "volume {id} has {snaps} snapshot(s); {how}"
+                "volume {id} has {} snapshot(s); delete them first or pass cascade=true",
+                snaps.len()
             )));
         }
+        if let Some(busy) = snaps.iter().find(|s| {
+            matches!(
+                s.status,
+                SnapshotStatus::Creating | SnapshotStatus::Deleting
+            )
+        }) {
+            return Err(ServiceError::Conflict(format!(
+                "snapshot {} of volume {id} is {}; retry when it settles",
+                busy.id, busy.status
+            )));
+        }
+        let params = if snaps.is_empty() {
+            JobParams::Delete
+        } else {
+            JobParams::DeleteWithSnapshots
+        };
         let job = self.new_job(
             JobKind::DeleteVolume,
             caller,
             id,
-            &JobParams::Delete,
+            &params,
             JobState::Pending,
         );
         let now = self.now();

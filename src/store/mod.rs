@@ -94,6 +94,17 @@ pub enum VolumeEffect {
     Remove,
 }
 
+/// How a snapshot job ended. `status` None removes the snapshot row.
+pub struct SnapshotJobEnd<'a> {
+    pub job_id: &'a str,
+    pub job_state: JobState,
+    pub error: Option<&'a str>,
+    pub snapshot_id: &'a str,
+    pub status: Option<SnapshotStatus>,
+    pub checksum: Option<&'a str>,
+    pub now: &'a str,
+}
+
 /// An attach request, checked and recorded in one transaction.
 pub struct NewAttachment<'a> {
     pub volume_id: &'a str,
@@ -275,6 +286,46 @@ fn volume_from_row(r: &Row) -> rusqlite::Result<Volume> {
         created_at: r.get(18)?,
         modified_at: r.get(19)?,
     })
+}
+
+const SNAPSHOT_COLS: &str = "id, volume_id, project_id, user_id, name, description, size_gib, \
+    status, metadata, checksum, error_reason, created_at, updated_at";
+
+fn snapshot_from_row(r: &Row) -> rusqlite::Result<Snapshot> {
+    let status: String = r.get(7)?;
+    Ok(Snapshot {
+        id: r.get(0)?,
+        volume_id: r.get(1)?,
+        project_id: r.get(2)?,
+        user_id: r.get(3)?,
+        name: r.get(4)?,
+        description: r.get(5)?,
+        size_gib: r.get(6)?,
+        status: SnapshotStatus::parse(&status).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                7,
+                rusqlite::types::Type::Text,
+                format!("unknown snapshot status {status:?}").into(),
+            )
+        })?,
+        metadata: r.get(8)?,
+        checksum: r.get(9)?,
+        error_reason: r.get(10)?,
+        created_at: r.get(11)?,
+        updated_at: r.get(12)?,
+    })
+}
+
+fn get_snapshot_in(c: &Connection, project: Option<&str>, id: &str) -> Result<Snapshot> {
+    c.query_row(
+        &format!(
+            "SELECT {SNAPSHOT_COLS} FROM snapshots WHERE id = ?1 AND (?2 IS NULL OR project_id = ?2)"
+        ),
+        params![id, project],
+        snapshot_from_row,
+    )
+    .optional()?
+    .ok_or(StoreError::NotFound)
 }
 
 fn job_from_row(r: &Row) -> rusqlite::Result<Job> {
@@ -651,6 +702,268 @@ impl Store {
             )?;
             insert_job(tx, job)?;
             Ok(att)
+        })
+    }
+
+    /// Records a new snapshot (creating) and its job. The volume must be in
+    /// one of `volume_states`; the project's snapshot quota is checked.
+    pub fn create_snapshot(
+        &self,
+        snap: &Snapshot,
+        volume_states: &[VolumeState],
+        limit: u64,
+        job: &Job,
+    ) -> Result<()> {
+        self.write(|tx| {
+            let v = get_volume_in(tx, Some(&snap.project_id), &snap.volume_id)?;
+            if !volume_states.contains(&v.state) {
+                return Err(StoreError::WrongState(v.state));
+            }
+            let used = usage_in(tx, &snap.project_id)?.snapshots;
+            if used + 1 > limit {
+                return Err(StoreError::Quota {
+                    resource: "snapshots",
+                    limit,
+                    in_use: used,
+                    requested: 1,
+                });
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO snapshots ({SNAPSHOT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                ),
+                params![
+                    snap.id,
+                    snap.volume_id,
+                    snap.project_id,
+                    snap.user_id,
+                    snap.name,
+                    snap.description,
+                    snap.size_gib,
+                    snap.status.as_str(),
+                    snap.metadata,
+                    snap.checksum,
+                    snap.error_reason,
+                    snap.created_at,
+                    snap.updated_at
+                ],
+            )?;
+            insert_job(tx, job)?;
+            Ok(())
+        })
+    }
+
+    pub fn get_snapshot(&self, project: Option<&str>, id: &str) -> Result<Snapshot> {
+        self.with(|c| get_snapshot_in(c, project, id))
+    }
+
+    pub fn snapshots_of(&self, volume_id: &str) -> Result<Vec<Snapshot>> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {SNAPSHOT_COLS} FROM snapshots WHERE volume_id = ?1 ORDER BY created_at, id"
+            ))?;
+            let rows = st.query_map([volume_id], snapshot_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    pub fn snapshots_in_status(&self, status: SnapshotStatus) -> Result<Vec<Snapshot>> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {SNAPSHOT_COLS} FROM snapshots WHERE status = ?1"
+            ))?;
+            let rows = st.query_map([status.as_str()], snapshot_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// One page of snapshots, newest first unless sorted otherwise.
+    pub fn list_snapshots(&self, q: &SnapshotQuery) -> Result<Page<Snapshot>> {
+        self.with(|c| {
+            let mut filter = String::from(" WHERE 1=1");
+            let mut args: Vec<Value> = Vec::new();
+            for (col, v) in [
+                ("project_id", &q.project_id),
+                ("volume_id", &q.volume_id),
+                ("name", &q.name),
+            ] {
+                if let Some(v) = v {
+                    args.push(Value::Text(v.clone()));
+                    filter += &format!(" AND {col} = ?{}", args.len());
+                }
+            }
+            let count = if q.with_count {
+                Some(c.prepare_cached(&format!("SELECT COUNT(*) FROM snapshots{filter}"))?.query_row(
+                    rusqlite::params_from_iter(args.iter()),
+                    |r| r.get::<_, u64>(0),
+                )?)
+            } else {
+                None
+            };
+            let mut keys: Vec<(&str, SortDir)> = q
+                .sort
+                .iter()
+                .map(|(k, d)| {
+                    let col = match k {
+                        VolumeSortKey::ModifiedAt => "updated_at",
+                        VolumeSortKey::State => "status",
+                        k => k.column(),
+                    };
+                    (col, *d)
+                })
+                .collect();
+            if keys.is_empty() {
+                keys.push(("created_at", SortDir::Desc));
+            }
+            if !keys.iter().any(|(k, _)| *k == "id") {
+                let dir = keys[keys.len() - 1].1;
+                keys.push(("id", dir));
+            }
+            let mut page_filter = filter.clone();
+            if let Some(m) = &q.marker {
+                let marker = get_snapshot_in(c, q.project_id.as_deref(), m).map_err(|e| match e {
+                    StoreError::NotFound => StoreError::MarkerNotFound(m.clone()),
+                    e => e,
+                })?;
+                let value = |col: &str| match col {
+                    "created_at" => Value::Text(marker.created_at.clone()),
+                    "updated_at" => Value::Text(marker.updated_at.clone()),
+                    "name" => Value::Text(marker.name.clone()),
+                    "size_gib" => Value::Integer(marker.size_gib as i64),
+                    "status" => Value::Text(marker.status.as_str().to_string()),
+                    _ => Value::Text(marker.id.clone()),
+                };
+                let mut ors = Vec::new();
+                for i in 0..keys.len() {
+                    let mut ands = Vec::new();
+                    for (j, (k, d)) in keys.iter().enumerate().take(i + 1) {
+                        args.push(value(k));
+                        let op = if j < i {
+                            "="
+                        } else if *d == SortDir::Asc {
+                            ">"
+                        } else {
+                            "<"
+                        };
+                        ands.push(format!("{k} {op} ?{}", args.len()));
+                    }
+                    ors.push(format!("({})", ands.join(" AND ")));
+                }
+                page_filter += &format!(" AND ({})", ors.join(" OR "));
+            }
+            let order: Vec<String> = keys
+                .iter()
+                .map(|(k, d)| format!("{k} {}", if *d == SortDir::Asc { "ASC" } else { "DESC" }))
+                .collect();
+            args.push(Value::Integer(q.limit as i64));
+            let lim = args.len();
+            args.push(Value::Integer(q.offset.min(i64::MAX as u64) as i64));
+            let off = args.len();
+            let sql = format!(
+                "SELECT {SNAPSHOT_COLS} FROM snapshots{page_filter} ORDER BY {} LIMIT ?{lim} OFFSET ?{off}",
+                order.join(", ")
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(args.iter()), snapshot_from_row)?;
+            Ok(Page {
+                items: rows.collect::<rusqlite::Result<Vec<_>>>()?,
+                count,
+            })
+        })
+    }
+
+    /// Sets a snapshot's status (and checksum or reason) outside a job.
+    pub fn set_snapshot_status(
+        &self,
+        id: &str,
+        status: SnapshotStatus,
+        checksum: Option<&str>,
+        reason: Option<&str>,
+        now: &str,
+    ) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE snapshots SET status = ?2, checksum = COALESCE(?3, checksum), \
+                 error_reason = ?4, updated_at = ?5 WHERE id = ?1",
+                params![id, status.as_str(), checksum, reason, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Moves a snapshot from one of `allowed` to deleting and records the job.
+    pub fn begin_snapshot_delete(
+        &self,
+        project: Option<&str>,
+        id: &str,
+        allowed: &[SnapshotStatus],
+        job: &Job,
+        now: &str,
+    ) -> Result<Snapshot> {
+        self.write(|tx| {
+            let s = get_snapshot_in(tx, project, id)?;
+            if !allowed.contains(&s.status) {
+                return Err(StoreError::Conflict(format!(
+                    "snapshot {id} is {}",
+                    s.status
+                )));
+            }
+            tx.execute(
+                "UPDATE snapshots SET status = 'deleting', updated_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            insert_job(tx, job)?;
+            Ok(s)
+        })
+    }
+
+    pub fn update_snapshot(
+        &self,
+        project: Option<&str>,
+        id: &str,
+        name: Option<&str>,
+        description: Option<&str>,
+        now: &str,
+    ) -> Result<Snapshot> {
+        self.write(|tx| {
+            get_snapshot_in(tx, project, id)?;
+            tx.execute(
+                "UPDATE snapshots SET name = COALESCE(?2, name), description = COALESCE(?3, description), \
+                 updated_at = ?4 WHERE id = ?1",
+                params![id, name, description, now],
+            )?;
+            get_snapshot_in(tx, None, id)
+        })
+    }
+
+    /// Ends a snapshot job: the job's state and the snapshot's, together.
+    pub fn finish_snapshot_job(&self, e: &SnapshotJobEnd) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1",
+                params![e.job_id, e.job_state.as_str(), e.error, e.now],
+            )?;
+            match e.status {
+                Some(st) => {
+                    tx.execute(
+                        "UPDATE snapshots SET status = ?2, checksum = COALESCE(?3, checksum), \
+                         error_reason = ?4, updated_at = ?5 WHERE id = ?1",
+                        params![e.snapshot_id, st.as_str(), e.checksum, e.error, e.now],
+                    )?;
+                }
+                None => {
+                    tx.execute("DELETE FROM snapshots WHERE id = ?1", [e.snapshot_id])?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes every snapshot row of a volume (cascade delete).
+    pub fn remove_snapshots_of(&self, volume_id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM snapshots WHERE volume_id = ?1", [volume_id])?;
+            Ok(())
         })
     }
 

@@ -85,6 +85,9 @@ string_enum!(
         SetQos => "set_qos",
         AttachVolume => "attach_volume",
         DetachVolume => "detach_volume",
+        CreateSnapshot => "create_snapshot",
+        DeleteSnapshot => "delete_snapshot",
+        RevertVolume => "revert_volume",
     }
 );
 
@@ -120,6 +123,48 @@ pub struct Volume {
     pub error_reason: Option<String>,
     pub created_at: String,
     pub modified_at: String,
+}
+
+string_enum!(
+    /// Where a snapshot is in its lifecycle.
+    SnapshotStatus {
+        Creating => "creating",
+        Available => "available",
+        Deleting => "deleting",
+        Error => "error",
+        ErrorDeleting => "error_deleting",
+    }
+);
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub volume_id: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub size_gib: u64,
+    pub status: SnapshotStatus,
+    /// The client's metadata, stored as the JSON it sent.
+    pub metadata: Option<String>,
+    /// blake3 over the manifest's chunk hashes, once available.
+    pub checksum: Option<String>,
+    pub error_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotQuery {
+    pub project_id: Option<String>,
+    pub volume_id: Option<String>,
+    pub name: Option<String>,
+    pub sort: Vec<(VolumeSortKey, SortDir)>,
+    pub limit: u32,
+    pub offset: u64,
+    pub marker: Option<String>,
+    pub with_count: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -9,8 +9,8 @@ pub mod views;
 use super::{BodyError, RawBody, query_bool, query_pairs};
 use crate::clock::SharedClock;
 use crate::config::Credential;
-use crate::service::{Caller, CreateVolume, ErrorKind, Service, ServiceError};
-use crate::store::model::{SortDir, Tag, VolumeQuery, VolumeSortKey, VolumeState};
+use crate::service::{Caller, CreateSnapshot, CreateVolume, ErrorKind, Service, ServiceError};
+use crate::store::model::{SnapshotQuery, SortDir, Tag, VolumeQuery, VolumeSortKey, VolumeState};
 use auth::{AuthFailure, SignedRequest, Verifier};
 use axum::extract::{DefaultBodyLimit, Extension, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -187,6 +187,15 @@ pub fn router(state: Arc<ScpState>, max_body: usize) -> Router {
         .route("/v1/volumes/{id}/size", put(extend_volume))
         .route("/v1/volumes/{id}/qos", put(set_qos))
         .route("/v1/volumes/{id}/servers", post(attach))
+        .route("/v1/volumes/{id}/revert", post(revert_volume))
+        .route("/v1/snapshots", get(list_snapshots).post(create_snapshot))
+        .route(
+            "/v1/snapshots/{id}",
+            get(show_snapshot)
+                .put(update_snapshot)
+                .delete(delete_snapshot),
+        )
+        .route("/blockd/v1/snapshots/{id}/verify", post(verify_snapshot))
         .route("/v1/volumes/{id}/servers/{server_id}", delete(detach))
         .route(
             "/v1/servers/{server_id}/volumes",
@@ -881,4 +890,194 @@ async fn server_detach(
     let id = volume_id(&id)?;
     st.svc.detach_volume(&ctx.caller, id, &server)?;
     Ok(empty(StatusCode::ACCEPTED))
+}
+
+fn snapshot_id(id: &str) -> Result<&str, ScpError> {
+    match uuid::Uuid::parse_str(id) {
+        Ok(_) => Ok(id),
+        Err(_) => Err(ScpError::not_found(format!("Snapshot {id} not found"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotCreateReq {
+    name: Option<String>,
+    volume_id: Option<String>,
+    description: Option<String>,
+    force: Option<bool>,
+    metadata: Option<Value>,
+}
+
+async fn create_snapshot(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    body: Result<RawBody, BodyError>,
+) -> Result<Response, ScpError> {
+    let r: SnapshotCreateReq = body?.parse()?;
+    let name = r
+        .name
+        .ok_or_else(|| ScpError::bad_request("name: is required"))?;
+    check_name(&name)?;
+    let vid = r
+        .volume_id
+        .ok_or_else(|| ScpError::bad_request("volume_id: is required"))?;
+    let vid = volume_id(&vid)?;
+    if r.description.as_ref().is_some_and(|d| d.len() > 255) {
+        return Err(ScpError::bad_request("description: at most 255 characters"));
+    }
+    let metadata = match r.metadata {
+        None | Some(Value::Null) => None,
+        Some(m @ (Value::Object(_) | Value::String(_))) => Some(m.to_string()),
+        Some(_) => {
+            return Err(ScpError::bad_request(
+                "metadata: must be an object (or a string)",
+            ));
+        }
+    };
+    if metadata.as_ref().is_some_and(|m| m.len() > 8192) {
+        return Err(ScpError::bad_request("metadata: at most 8 KiB"));
+    }
+    let s = st.svc.create_snapshot(
+        &ctx.caller,
+        CreateSnapshot {
+            volume_id: vid.to_string(),
+            name,
+            description: r.description,
+            force: r.force.unwrap_or(false),
+            metadata,
+        },
+    )?;
+    Ok((StatusCode::ACCEPTED, Json(views::snapshot(&s))).into_response())
+}
+
+async fn list_snapshots(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ScpError> {
+    let mut q = SnapshotQuery {
+        limit: 20,
+        with_count: true,
+        ..Default::default()
+    };
+    for (k, v) in query_pairs(raw.as_deref(), 50).map_err(ScpError::bad_request)? {
+        match k.as_str() {
+            "volume_id" => q.volume_id = Some(v).filter(|s| !s.is_empty()),
+            "name" => q.name = Some(v),
+            "marker" => q.marker = Some(v).filter(|s| !s.is_empty()),
+            "with_count" => {
+                q.with_count = query_bool("with_count", &v)
+                    .map_err(ScpError::bad_request)?
+                    .unwrap_or(true)
+            }
+            "limit" => {
+                q.limit = match v.parse::<u32>() {
+                    Ok(n) if (1..=1000).contains(&n) => n,
+                    _ => {
+                        return Err(ScpError::bad_request(format!(
+                            "limit: must be an integer from 1 to 1000 (got {v:?})"
+                        )));
+                    }
+                }
+            }
+            "offset" => {
+                q.offset = v.parse::<u64>().map_err(|_| {
+                    ScpError::bad_request(format!(
+                        "offset: must be a non-negative integer (got {v:?})"
+                    ))
+                })?
+            }
+            "sort" if ctx.version >= ApiVersion::V1_3 => q.sort = parse_sort(&v)?,
+            other => {
+                return Err(ScpError::bad_request(format!(
+                    "{other}: unknown query parameter"
+                )));
+            }
+        }
+    }
+    let page = st.svc.list_snapshots(&ctx.caller, q)?;
+    Ok(Json(views::snapshot_list(&page.items, page.count)))
+}
+
+async fn show_snapshot(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+) -> Result<Json<views::SnapshotDetail>, ScpError> {
+    let s = st.svc.get_snapshot(&ctx.caller, snapshot_id(&id)?)?;
+    Ok(Json(views::snapshot(&s)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotUpdateReq {
+    name: Option<String>,
+    description: Option<String>,
+}
+
+async fn update_snapshot(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+    body: Result<RawBody, BodyError>,
+) -> Result<Json<views::SnapshotDetail>, ScpError> {
+    let id = snapshot_id(&id)?;
+    let r: SnapshotUpdateReq = body?.parse()?;
+    if let Some(n) = &r.name {
+        check_name(n)?;
+    }
+    if r.description.as_ref().is_some_and(|d| d.len() > 255) {
+        return Err(ScpError::bad_request("description: at most 255 characters"));
+    }
+    let s = st
+        .svc
+        .update_snapshot(&ctx.caller, id, r.name.as_deref(), r.description.as_deref())?;
+    Ok(Json(views::snapshot(&s)))
+}
+
+async fn delete_snapshot(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+) -> Result<Response, ScpError> {
+    st.svc.delete_snapshot(&ctx.caller, snapshot_id(&id)?)?;
+    Ok(empty(StatusCode::ACCEPTED))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevertReq {
+    snapshot_id: Option<String>,
+}
+
+async fn revert_volume(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+    body: Result<RawBody, BodyError>,
+) -> Result<Response, ScpError> {
+    let id = volume_id(&id)?;
+    let r: RevertReq = body?.parse()?;
+    let sid = r
+        .snapshot_id
+        .ok_or_else(|| ScpError::bad_request("snapshot_id: is required"))?;
+    if uuid::Uuid::parse_str(&sid).is_err() {
+        return Err(ScpError::bad_request("snapshot_id: is not a UUID"));
+    }
+    st.svc.revert_volume(&ctx.caller, id, &sid)?;
+    Ok(empty(StatusCode::ACCEPTED))
+}
+
+async fn verify_snapshot(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ScpError> {
+    let r = st.svc.verify_snapshot(&ctx.caller, snapshot_id(&id)?)?;
+    Ok(Json(json!({
+        "ok": r.ok,
+        "first_bad_chunk": r.first_bad_chunk,
+        "chunks": r.chunks,
+    })))
 }

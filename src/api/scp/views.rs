@@ -4,7 +4,7 @@
 
 use super::version::ApiVersion;
 use crate::service::{Quota, VolumeDetail, VolumeType};
-use crate::store::model::Attachment;
+use crate::store::model::{Attachment, Snapshot};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -197,4 +197,54 @@ pub fn server_volume(a: &Attachment) -> ServerVolume {
         device: a.device.clone(),
         delete_on_termination: a.delete_on_termination,
     }
+}
+
+/// SnapshotDetailResponse. Metadata goes back as the client sent it.
+#[derive(Serialize)]
+pub struct SnapshotDetail {
+    pub created_at: String,
+    pub description: Option<String>,
+    pub id: String,
+    pub metadata: Option<Value>,
+    pub name: Option<String>,
+    pub size: u64,
+    pub status: Option<String>,
+    pub updated_at: Option<String>,
+    pub user_id: Option<String>,
+    pub volume_id: String,
+}
+
+pub fn snapshot(s: &Snapshot) -> SnapshotDetail {
+    SnapshotDetail {
+        created_at: s.created_at.clone(),
+        description: s.description.clone(),
+        id: s.id.clone(),
+        metadata: s
+            .metadata
+            .as_deref()
+            .map(|m| serde_json::from_str(m).unwrap_or_else(|_| Value::String(m.to_string()))),
+        name: Some(s.name.clone()),
+        size: s.size_gib,
+        status: Some(s.status.as_str().to_string()),
+        updated_at: Some(s.updated_at.clone()),
+        user_id: Some(s.user_id.clone()),
+        volume_id: s.volume_id.clone(),
+    }
+}
+
+pub fn snapshot_list(items: &[Snapshot], count: Option<u64>) -> Value {
+    let mut m = serde_json::Map::new();
+    if let Some(c) = count {
+        m.insert("count".into(), Value::from(c));
+    }
+    m.insert(
+        "snapshots".into(),
+        Value::Array(
+            items
+                .iter()
+                .map(|s| serde_json::to_value(snapshot(s)).unwrap_or(Value::Null))
+                .collect(),
+        ),
+    );
+    Value::Object(m)
 }
