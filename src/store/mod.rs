@@ -793,10 +793,12 @@ impl Store {
                 }
             }
             let count = if q.with_count {
-                Some(c.prepare_cached(&format!("SELECT COUNT(*) FROM snapshots{filter}"))?.query_row(
-                    rusqlite::params_from_iter(args.iter()),
-                    |r| r.get::<_, u64>(0),
-                )?)
+                Some(
+                    c.prepare_cached(&format!("SELECT COUNT(*) FROM snapshots{filter}"))?
+                        .query_row(rusqlite::params_from_iter(args.iter()), |r| {
+                            r.get::<_, u64>(0)
+                        })?,
+                )
             } else {
                 None
             };
@@ -819,50 +821,29 @@ impl Store {
                 let dir = keys[keys.len() - 1].1;
                 keys.push(("id", dir));
             }
-            let mut page_filter = filter.clone();
-            if let Some(m) = &q.marker {
-                let marker = get_snapshot_in(c, q.project_id.as_deref(), m).map_err(|e| match e {
-                    StoreError::NotFound => StoreError::MarkerNotFound(m.clone()),
-                    e => e,
-                })?;
-                let value = |col: &str| match col {
-                    "created_at" => Value::Text(marker.created_at.clone()),
-                    "updated_at" => Value::Text(marker.updated_at.clone()),
-                    "name" => Value::Text(marker.name.clone()),
-                    "size_gib" => Value::Integer(marker.size_gib as i64),
-                    "status" => Value::Text(marker.status.as_str().to_string()),
-                    _ => Value::Text(marker.id.clone()),
-                };
-                let mut ors = Vec::new();
-                for i in 0..keys.len() {
-                    let mut ands = Vec::new();
-                    for (j, (k, d)) in keys.iter().enumerate().take(i + 1) {
-                        args.push(value(k));
-                        let op = if j < i {
-                            "="
-                        } else if *d == SortDir::Asc {
-                            ">"
-                        } else {
-                            "<"
-                        };
-                        ands.push(format!("{k} {op} ?{}", args.len()));
-                    }
-                    ors.push(format!("({})", ands.join(" AND ")));
-                }
-                page_filter += &format!(" AND ({})", ors.join(" OR "));
-            }
-            let order: Vec<String> = keys
-                .iter()
-                .map(|(k, d)| format!("{k} {}", if *d == SortDir::Asc { "ASC" } else { "DESC" }))
-                .collect();
-            args.push(Value::Integer(q.limit as i64));
-            let lim = args.len();
-            args.push(Value::Integer(q.offset.min(i64::MAX as u64) as i64));
-            let off = args.len();
-            let sql = format!(
-                "SELECT {SNAPSHOT_COLS} FROM snapshots{page_filter} ORDER BY {} LIMIT ?{lim} OFFSET ?{off}",
-                order.join(", ")
-            );
+            let marker = match &q.marker {
+                Some(m) => Some(get_snapshot_in(c, q.project_id.as_deref(), m).map_err(
+                    |e| match e {
+                        StoreError::NotFound => StoreError::MarkerNotFound(m.clone()),
+                        e => e,
+                    },
+                )?),
+                None => None,
+            };
+            let seek = marker.map(|m| {
+                keys.iter()
+                    .map(|(col, _)| match *col {
+                        "created_at" => Value::Text(m.created_at.clone()),
+                        "updated_at" => Value::Text(m.updated_at.clone()),
+                        "name" => Value::Text(m.name.clone()),
+                        "size_gib" => Value::Integer(m.size_gib as i64),
+                        "status" => Value::Text(m.status.as_str().to_string()),
+                        _ => Value::Text(m.id.clone()),
+                    })
+                    .collect()
+            });
+            let page = page_clause(&keys, seek, &mut args, q.limit, q.offset);
+            let sql = format!("SELECT {SNAPSHOT_COLS} FROM snapshots{filter}{page}");
             let mut st = c.prepare_cached(&sql)?;
             let rows = st.query_map(rusqlite::params_from_iter(args.iter()), snapshot_from_row)?;
             Ok(Page {
@@ -1062,10 +1043,12 @@ impl Store {
             }
             let count = if q.with_count {
                 let sql = format!("SELECT COUNT(*) FROM volumes{filter}");
-                Some(c.prepare_cached(&sql)?.query_row(
-                    rusqlite::params_from_iter(args.iter()),
-                    |r| r.get::<_, u64>(0),
-                )?)
+                Some(
+                    c.prepare_cached(&sql)?
+                        .query_row(rusqlite::params_from_iter(args.iter()), |r| {
+                            r.get::<_, u64>(0)
+                        })?,
+                )
             } else {
                 None
             };
@@ -1075,72 +1058,19 @@ impl Store {
                 let dir = keys.last().map(|(_, d)| *d).unwrap_or(SortDir::Desc);
                 keys.push((VolumeSortKey::Id, dir));
             }
-            let mut page_filter = filter.clone();
-            if let Some(m) = &q.marker {
-                let marker = get_volume_in(c, q.project_id.as_deref(), m)
-                    .map_err(|e| match e {
+            let marker = match &q.marker {
+                Some(m) => Some(get_volume_in(c, q.project_id.as_deref(), m).map_err(
+                    |e| match e {
                         StoreError::NotFound => StoreError::MarkerNotFound(m.clone()),
                         e => e,
-                    })?;
-                let same_dir = keys.iter().all(|(_, d)| *d == keys[0].1);
-                if same_dir {
-                    // One row-value comparison, which SQLite turns into an
-                    // index range: (k1, k2, id) > (v1, v2, vid).
-                    let cols: Vec<&str> = keys.iter().map(|(k, _)| k.column()).collect();
-                    let mut marks = Vec::new();
-                    for (k, _) in &keys {
-                        args.push(sort_value(&marker, *k));
-                        marks.push(format!("?{}", args.len()));
-                    }
-                    let op = if keys[0].1 == SortDir::Asc { ">" } else { "<" };
-                    page_filter += &format!(
-                        " AND ({}) {op} ({})",
-                        cols.join(", "),
-                        marks.join(", ")
-                    );
-                }
-                // Mixed directions: (k1 > v1) OR (k1 = v1 AND k2 < v2) OR ...
-                let mut ors = Vec::new();
-                for i in 0..keys.len() {
-                    if same_dir {
-                        break;
-                    }
-                    let mut ands = Vec::new();
-                    for (j, (k, d)) in keys.iter().enumerate().take(i + 1) {
-                        args.push(sort_value(&marker, *k));
-                        let op = if j < i {
-                            "="
-                        } else if *d == SortDir::Asc {
-                            ">"
-                        } else {
-                            "<"
-                        };
-                        ands.push(format!("{} {op} ?{}", k.column(), args.len()));
-                    }
-                    ors.push(format!("({})", ands.join(" AND ")));
-                }
-                if !ors.is_empty() {
-                    page_filter += &format!(" AND ({})", ors.join(" OR "));
-                }
-            }
-            let order: Vec<String> = keys
-                .iter()
-                .map(|(k, d)| {
-                    format!(
-                        "{} {}",
-                        k.column(),
-                        if *d == SortDir::Asc { "ASC" } else { "DESC" }
-                    )
-                })
-                .collect();
-            args.push(Value::Integer(q.limit as i64));
-            let lim = args.len();
-            args.push(Value::Integer(q.offset.min(i64::MAX as u64) as i64));
-            let off = args.len();
-            let sql = format!(
-                "SELECT {VOLUME_COLS} FROM volumes{page_filter} ORDER BY {} LIMIT ?{lim} OFFSET ?{off}",
-                order.join(", ")
-            );
+                    },
+                )?),
+                None => None,
+            };
+            let cols: Vec<(&str, SortDir)> = keys.iter().map(|(k, d)| (k.column(), *d)).collect();
+            let seek = marker.map(|m| keys.iter().map(|(k, _)| sort_value(&m, *k)).collect());
+            let page = page_clause(&cols, seek, &mut args, q.limit, q.offset);
+            let sql = format!("SELECT {VOLUME_COLS} FROM volumes{filter}{page}");
             let mut st = c.prepare_cached(&sql)?;
             let rows = st.query_map(rusqlite::params_from_iter(args.iter()), volume_from_row)?;
             Ok(Page {
@@ -1375,6 +1305,63 @@ impl Store {
             )? > 0)
         })
     }
+}
+
+/// The seek, order and limit part of a page query. `keys` end with the
+/// id, so a marker's values name one exact position. Equal directions use
+/// one row-value comparison, which SQLite answers with an index range.
+fn page_clause(
+    keys: &[(&str, SortDir)],
+    marker: Option<Vec<Value>>,
+    args: &mut Vec<Value>,
+    limit: u32,
+    offset: u64,
+) -> String {
+    let mut out = String::new();
+    let cmp = |d: SortDir| if d == SortDir::Asc { ">" } else { "<" };
+    if let Some(values) = marker {
+        let same_dir = keys.iter().all(|(_, d)| *d == keys[0].1);
+        if same_dir {
+            let mut marks = Vec::new();
+            for v in values {
+                args.push(v);
+                marks.push(format!("?{}", args.len()));
+            }
+            let cols: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+            out += &format!(
+                " AND ({}) {} ({})",
+                cols.join(", "),
+                cmp(keys[0].1),
+                marks.join(", ")
+            );
+        } else {
+            // (k1 > v1) OR (k1 = v1 AND k2 < v2) OR ...
+            let mut ors = Vec::new();
+            for i in 0..keys.len() {
+                let mut ands = Vec::new();
+                for (j, (k, d)) in keys.iter().enumerate().take(i + 1) {
+                    args.push(values[j].clone());
+                    let op = if j < i { "=" } else { cmp(*d) };
+                    ands.push(format!("{k} {op} ?{}", args.len()));
+                }
+                ors.push(format!("({})", ands.join(" AND ")));
+            }
+            out += &format!(" AND ({})", ors.join(" OR "));
+        }
+    }
+    let order: Vec<String> = keys
+        .iter()
+        .map(|(k, d)| format!("{k} {}", if *d == SortDir::Asc { "ASC" } else { "DESC" }))
+        .collect();
+    args.push(Value::Integer(limit as i64));
+    let lim = args.len();
+    args.push(Value::Integer(offset.min(i64::MAX as u64) as i64));
+    out += &format!(
+        " ORDER BY {} LIMIT ?{lim} OFFSET ?{} ",
+        order.join(", "),
+        args.len()
+    );
+    out
 }
 
 fn sort_value(v: &Volume, k: VolumeSortKey) -> Value {

@@ -496,30 +496,17 @@ async fn show_volume(
 fn list_query(raw: Option<&str>) -> Result<VolumeQuery, ScpError> {
     let mut q = VolumeQuery::default();
     for (k, v) in query_pairs(raw, 50).map_err(ScpError::bad_request)? {
+        if page_param(
+            &k,
+            &v,
+            &mut q.limit,
+            &mut q.offset,
+            &mut q.marker,
+            &mut q.with_count,
+        )? {
+            continue;
+        }
         match k.as_str() {
-            "with_count" => {
-                q.with_count = query_bool("with_count", &v)
-                    .map_err(ScpError::bad_request)?
-                    .unwrap_or(true)
-            }
-            "limit" => {
-                q.limit = match v.parse::<u32>() {
-                    Ok(n) if (1..=1000).contains(&n) => n,
-                    _ => {
-                        return Err(ScpError::bad_request(format!(
-                            "limit: must be an integer from 1 to 1000 (got {v:?})"
-                        )));
-                    }
-                }
-            }
-            "offset" => {
-                q.offset = v.parse::<u64>().map_err(|_| {
-                    ScpError::bad_request(format!(
-                        "offset: must be a non-negative integer (got {v:?})"
-                    ))
-                })?
-            }
-            "marker" => q.marker = Some(v).filter(|s| !s.is_empty()),
             "sort" => q.sort = parse_sort(&v)?,
             "name" => q.name = Some(v),
             "state" => {
@@ -539,6 +526,44 @@ fn list_query(raw: Option<&str>) -> Result<VolumeQuery, ScpError> {
         }
     }
     Ok(q)
+}
+
+/// The paging parameters both lists share. Returns false for other keys.
+fn page_param(
+    k: &str,
+    v: &str,
+    limit: &mut u32,
+    offset: &mut u64,
+    marker: &mut Option<String>,
+    with_count: &mut bool,
+) -> Result<bool, ScpError> {
+    match k {
+        "with_count" => {
+            *with_count = query_bool("with_count", v)
+                .map_err(ScpError::bad_request)?
+                .unwrap_or(true)
+        }
+        "limit" => {
+            *limit = match v.parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => {
+                    return Err(ScpError::bad_request(format!(
+                        "limit: must be an integer from 1 to 1000 (got {v:?})"
+                    )));
+                }
+            }
+        }
+        "offset" => {
+            *offset = v.parse::<u64>().map_err(|_| {
+                ScpError::bad_request(format!(
+                    "offset: must be a non-negative integer (got {v:?})"
+                ))
+            })?
+        }
+        "marker" => *marker = Some(v.to_string()).filter(|s| !s.is_empty()),
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 fn parse_sort(v: &str) -> Result<Vec<(VolumeSortKey, SortDir)>, ScpError> {
@@ -962,32 +987,19 @@ async fn list_snapshots(
         ..Default::default()
     };
     for (k, v) in query_pairs(raw.as_deref(), 50).map_err(ScpError::bad_request)? {
+        if page_param(
+            &k,
+            &v,
+            &mut q.limit,
+            &mut q.offset,
+            &mut q.marker,
+            &mut q.with_count,
+        )? {
+            continue;
+        }
         match k.as_str() {
             "volume_id" => q.volume_id = Some(v).filter(|s| !s.is_empty()),
             "name" => q.name = Some(v),
-            "marker" => q.marker = Some(v).filter(|s| !s.is_empty()),
-            "with_count" => {
-                q.with_count = query_bool("with_count", &v)
-                    .map_err(ScpError::bad_request)?
-                    .unwrap_or(true)
-            }
-            "limit" => {
-                q.limit = match v.parse::<u32>() {
-                    Ok(n) if (1..=1000).contains(&n) => n,
-                    _ => {
-                        return Err(ScpError::bad_request(format!(
-                            "limit: must be an integer from 1 to 1000 (got {v:?})"
-                        )));
-                    }
-                }
-            }
-            "offset" => {
-                q.offset = v.parse::<u64>().map_err(|_| {
-                    ScpError::bad_request(format!(
-                        "offset: must be a non-negative integer (got {v:?})"
-                    ))
-                })?
-            }
             "sort" if ctx.version >= ApiVersion::V1_3 => q.sort = parse_sort(&v)?,
             other => {
                 return Err(ScpError::bad_request(format!(
