@@ -27,11 +27,60 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Snapshots on this host.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Host exports of volumes, read from the local store.
     Export {
         #[command(subcommand)]
         command: ExportCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Re-hash a snapshot against its manifest; exit 1 on the first bad chunk.
+    Verify {
+        snapshot_id: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn snapshot_verify(
+    id: &str,
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<std::process::ExitCode> {
+    let cfg = blockd::config::Config::load(config.as_deref())?;
+    let dir = data_dir.unwrap_or_else(|| cfg.data_dir());
+    let store = blockd::store::Store::open_read_only(&dir.join("blockd.db"))?;
+    let s = store
+        .get_snapshot(None, id)
+        .with_context(|| format!("snapshot {id}"))?;
+    let data = dir.join("snapshots").join(format!("{}.img", s.id));
+    let manifest = blockd::copy::Manifest::read_from(&blockd::backend::manifest_path(&data))?;
+    if let Some(sum) = &s.checksum
+        && *sum != manifest.checksum_hex()
+    {
+        println!("{id}\tBAD\tmanifest checksum differs from the store");
+        return Ok(std::process::ExitCode::from(1));
+    }
+    let r = blockd::copy::verify(&data, &manifest)?;
+    match r.first_bad_chunk {
+        None if r.ok => {
+            println!("{id}\tOK\t{} chunks", r.chunks);
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        bad => {
+            println!("{id}\tBAD\tfirst bad chunk {bad:?} of {}", r.chunks);
+            Ok(std::process::ExitCode::from(1))
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -162,5 +211,13 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     json,
                 },
         } => export_show(&volume_id, config, data_dir, json),
+        Command::Snapshot {
+            command:
+                SnapshotCommand::Verify {
+                    snapshot_id,
+                    config,
+                    data_dir,
+                },
+        } => snapshot_verify(&snapshot_id, config, data_dir),
     }
 }

@@ -142,6 +142,24 @@ async fn snapshot_is_an_exact_sparse_copy_that_verifies() {
     assert_eq!(v.body["ok"], true);
     assert_eq!(v.body["chunks"], 8192);
 
+    let cli = |sid: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_blockd"))
+            .args(["snapshot", "verify", sid, "--data-dir"])
+            .arg(d.dir.path().join("data"))
+            .output()
+            .unwrap()
+    };
+    let out = cli(&sid);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    let n = c.get(&format!("/blockd/v1/snapshots/{sid}")).await;
+    assert_eq!(n.body["status"], "available");
+    assert_eq!(n.body["checksum"].as_str().unwrap().len(), 64);
+
     // One flipped byte in chunk 1025 (1 GiB + 5 MiB) is caught.
     let off = (1 << 30) + 5 * MIB + 17;
     let mut b = read_at(&snap, off, 1);
@@ -159,6 +177,9 @@ async fn snapshot_is_an_exact_sparse_copy_that_verifies() {
         .await;
     assert_eq!(v.body["ok"], false);
     assert_eq!(v.body["first_bad_chunk"], 1024 + 5);
+    let out = cli(&sid);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1029"));
 
     // Lists, filters, rename, delete.
     let l = c.get(&format!("/v1/snapshots?volume_id={vol}")).await;

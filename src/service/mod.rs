@@ -228,8 +228,8 @@ pub struct Service {
     clock: SharedClock,
     tasks: TaskTracker,
     job_delay: std::time::Duration,
-    /// Cancel tokens of snapshot copies in flight, by snapshot id.
-    copies: std::sync::Mutex<HashMap<String, crate::copy::CancelToken>>,
+    /// Snapshot copies in flight, by snapshot id: cancel and progress.
+    copies: std::sync::Mutex<HashMap<String, (crate::copy::CancelToken, crate::copy::Progress)>>,
     copy_options: crate::copy::CopyOptions,
 }
 

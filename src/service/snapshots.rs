@@ -270,7 +270,18 @@ impl Service {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
-            .cloned()
+            .map(|(t, _)| t.clone())
+    }
+
+    /// Bytes done and total of a snapshot copy in flight.
+    pub fn snapshot_progress(&self, caller: &Caller, id: &str) -> Result<Option<(u64, u64)>> {
+        self.get_snapshot(caller, id)?;
+        Ok(self
+            .copies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|(_, p)| (p.bytes_done(), p.bytes_total())))
     }
 
     /// Copies a volume into a new snapshot; returns the manifest checksum.
@@ -291,11 +302,12 @@ impl Service {
         let tmp = temp_path(&dst);
         let _ = std::fs::remove_file(&tmp);
         let cancel = CancelToken::new();
+        let progress = Progress::new();
         self.copies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(snap_id.to_string(), cancel.clone());
-        let result = copy::copy(&src, &tmp, &self.copy_options, &Progress::new(), &cancel);
+            .insert(snap_id.to_string(), (cancel.clone(), progress.clone()));
+        let result = copy::copy(&src, &tmp, &self.copy_options, &progress, &cancel);
         self.copies
             .lock()
             .unwrap_or_else(|p| p.into_inner())

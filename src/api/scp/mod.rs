@@ -195,6 +195,7 @@ pub fn router(state: Arc<ScpState>, max_body: usize) -> Router {
                 .put(update_snapshot)
                 .delete(delete_snapshot),
         )
+        .route("/blockd/v1/snapshots/{id}", get(native_snapshot))
         .route("/blockd/v1/snapshots/{id}/verify", post(verify_snapshot))
         .route("/v1/volumes/{id}/servers/{server_id}", delete(detach))
         .route(
@@ -1091,5 +1092,29 @@ async fn verify_snapshot(
         "ok": r.ok,
         "first_bad_chunk": r.first_bad_chunk,
         "chunks": r.chunks,
+    })))
+}
+
+/// blockd's own view of a snapshot: its checksum, error reason and, while
+/// it is copied, the progress.
+async fn native_snapshot(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ScpError> {
+    let id = snapshot_id(&id)?;
+    let s = st.svc.get_snapshot(&ctx.caller, id)?;
+    let progress = st
+        .svc
+        .snapshot_progress(&ctx.caller, id)?
+        .map(|(done, total)| json!({"bytes_done": done, "bytes_total": total}));
+    Ok(Json(json!({
+        "id": s.id,
+        "volume_id": s.volume_id,
+        "status": s.status.as_str(),
+        "size_gib": s.size_gib,
+        "checksum": s.checksum,
+        "error_reason": s.error_reason,
+        "progress": progress,
     })))
 }
