@@ -265,7 +265,10 @@ pub(crate) fn run(
         EngineKind::Fallback => (opts.queue_depth as usize).clamp(1, 4),
     };
     let qd = qd.min(blocks.len().max(1));
-    let bufs = Buffers::new(qd, opts.block_size)?;
+    // Buffers lent to the hasher would otherwise lower the reads in
+    // flight whenever that thread waits for CPU; give it a second set.
+    let nbufs = if opts.manifest { qd * 2 } else { qd };
+    let bufs = Buffers::new(nbufs, opts.block_size)?;
     let (ret_tx, ret_rx) = mpsc::channel::<usize>();
     let mut hasher = if opts.manifest {
         Some(Hasher::spawn(blocks, size, expected, ret_tx)?)
@@ -273,6 +276,7 @@ pub(crate) fn run(
         None
     };
     let ctx = Ctx {
+        qd,
         fds,
         blocks,
         bufs: &bufs,
@@ -305,6 +309,8 @@ pub(crate) fn run(
 }
 
 struct Ctx<'a> {
+    /// Most operations in flight at once.
+    qd: usize,
     fds: &'a Fds,
     blocks: &'a [Block],
     bufs: &'a Buffers,
@@ -411,7 +417,7 @@ fn run_uring(ctx: &Ctx) -> Result<(), CopyError> {
             err = ctx.should_stop();
         }
         // Keep up to QD reads in flight.
-        while err.is_none() && next < ctx.blocks.len() {
+        while err.is_none() && next < ctx.blocks.len() && inflight < ctx.qd {
             let Some(buf) = free.pop() else { break };
             let op = Op {
                 block: ctx.blocks[next],
