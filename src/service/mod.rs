@@ -303,6 +303,14 @@ impl Service {
         }
     }
 
+    /// New jobs are refused once shutdown has begun.
+    fn accepting(&self) -> Result<()> {
+        if self.tasks.is_closed() {
+            return Err(ServiceError::Unavailable);
+        }
+        Ok(())
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -389,9 +397,7 @@ impl Service {
         caller: &Caller,
         req: CreateVolume,
     ) -> Result<VolumeDetail> {
-        if self.tasks.is_closed() {
-            return Err(ServiceError::Unavailable);
-        }
+        self.accepting()?;
         let vt = match &req.volume_type {
             None => self.default_volume_type().clone(),
             Some(t) => self
@@ -576,9 +582,7 @@ impl Service {
         id: &str,
         new_size_gib: u64,
     ) -> Result<VolumeDetail> {
-        if self.tasks.is_closed() {
-            return Err(ServiceError::Unavailable);
-        }
+        self.accepting()?;
         let current = self
             .store
             .get_volume(caller.scope(), id)
@@ -653,9 +657,7 @@ impl Service {
     }
 
     pub fn delete_volume(self: &Arc<Self>, caller: &Caller, id: &str, cascade: bool) -> Result<()> {
-        if self.tasks.is_closed() {
-            return Err(ServiceError::Unavailable);
-        }
+        self.accepting()?;
         let v = self
             .store
             .get_volume(caller.scope(), id)
@@ -728,9 +730,7 @@ impl Service {
         server_id: &str,
         delete_on_termination: bool,
     ) -> Result<Attachment> {
-        if self.tasks.is_closed() {
-            return Err(ServiceError::Unavailable);
-        }
+        self.accepting()?;
         let params = JobParams::Attach {
             server_id: server_id.to_string(),
         };
@@ -769,9 +769,7 @@ impl Service {
         id: &str,
         server_id: &str,
     ) -> Result<()> {
-        if self.tasks.is_closed() {
-            return Err(ServiceError::Unavailable);
-        }
+        self.accepting()?;
         let params = JobParams::Detach {
             server_id: server_id.to_string(),
         };

@@ -60,9 +60,7 @@ impl Service {
         caller: &Caller,
         req: CreateSnapshot,
     ) -> Result<Snapshot> {
-        if self.tasks.is_closed() {
-            return Err(ServiceError::Unavailable);
-        }
+        self.accepting()?;
         let v = self
             .store
             .get_volume(caller.scope(), &req.volume_id)
@@ -157,6 +155,7 @@ impl Service {
 
     /// Deletes a snapshot; one still being copied is cancelled.
     pub fn delete_snapshot(self: &Arc<Self>, caller: &Caller, id: &str) -> Result<()> {
+        self.accepting()?;
         let s = self.get_snapshot(caller, id)?;
         let params = JobParams::DeleteSnapshot {
             snapshot_id: id.to_string(),
@@ -197,6 +196,7 @@ impl Service {
         id: &str,
         snapshot_id: &str,
     ) -> Result<()> {
+        self.accepting()?;
         let s = self.get_snapshot(caller, snapshot_id)?;
         if s.volume_id != id {
             return Err(ServiceError::invalid(
