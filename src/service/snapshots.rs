@@ -3,7 +3,7 @@
 //! fsynced and renamed into place before the snapshot is committed as
 //! available, so a crash leaves either no snapshot or a complete one.
 
-use super::{Caller, JobParams, Result, Service, ServiceError, reason};
+use super::{Caller, JobParams, Result, Service, ServiceError, not_found, reason};
 use crate::backend::{Location, VolumeBackend, manifest_path, temp_path};
 use crate::copy::{self, CancelToken, CopyErrorKind, Manifest, Progress};
 use crate::store::StoreError;
@@ -64,13 +64,7 @@ impl Service {
         let v = self
             .store
             .get_volume(caller.scope(), &req.volume_id)
-            .map_err(|e| match e {
-                StoreError::NotFound => ServiceError::NotFound {
-                    what: "volume",
-                    id: req.volume_id.clone(),
-                },
-                e => e.into(),
-            })?;
+            .map_err(not_found(&req.volume_id))?;
         if v.state == VolumeState::InUse && !req.force {
             return Err(ServiceError::Conflict(format!(
                 "volume {} is in use; pass force=true to snapshot it",

@@ -1285,26 +1285,6 @@ impl Store {
     pub fn usage(&self, project: &str) -> Result<Usage> {
         self.with(|c| Ok(usage_in(c, project)?))
     }
-
-    pub fn snapshot_count(&self, volume_id: &str) -> Result<u64> {
-        self.with(|c| {
-            Ok(c.query_row(
-                "SELECT COUNT(*) FROM snapshots WHERE volume_id = ?1",
-                [volume_id],
-                |r| r.get(0),
-            )?)
-        })
-    }
-
-    pub fn snapshot_exists(&self, project: &str, id: &str) -> Result<bool> {
-        self.with(|c| {
-            Ok(c.query_row(
-                "SELECT COUNT(*) FROM snapshots WHERE id = ?1 AND project_id = ?2",
-                params![id, project],
-                |r| r.get::<_, u64>(0),
-            )? > 0)
-        })
-    }
 }
 
 /// The seek, order and limit part of a page query. `keys` end with the
