@@ -149,6 +149,7 @@ pub struct VolumeType {
     pub description: String,
     pub provisioning: Provisioning,
     pub multiattach: bool,
+    pub reflink: bool,
     pub backend: String,
 }
 
@@ -284,6 +285,7 @@ impl Service {
                 description: t.description.clone(),
                 provisioning: t.provisioning,
                 multiattach: t.multiattach,
+                reflink: t.reflink,
                 backend: "file".to_string(),
             })
             .collect();
