@@ -245,8 +245,15 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 pub struct Store {
+    /// The one writer; reads fall back to it when there are no readers.
     conn: Mutex<Connection>,
+    /// Read-only connections, so reads do not wait behind a commit's fsync.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
 }
+
+/// Read connections opened beside the writer.
+const READERS: usize = 4;
 
 const VOLUME_COLS: &str = "id, project_id, user_id, name, description, size_gib, volume_type_id, \
     volume_type, state, bootable, encrypted, multiattach, snapshot_id, source_volid, max_iops, \
@@ -429,7 +436,17 @@ impl Store {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path)?;
-        Store::init(conn)
+        let mut store = Store::init(conn)?;
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            r.busy_timeout(std::time::Duration::from_secs(5))?;
+            store.readers.push(Mutex::new(r));
+        }
+        Ok(store)
     }
 
     /// Opens an existing database for reading only (operator tools beside
@@ -449,6 +466,8 @@ impl Store {
         }
         Ok(Store {
             conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -477,6 +496,8 @@ impl Store {
         }
         Ok(Store {
             conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -484,6 +505,27 @@ impl Store {
         // A poisoned lock only means another caller panicked mid-call; SQLite
         // rolled its transaction back, so the connection is still sound.
         let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut c)
+    }
+
+    /// Runs a query on a free read connection (each sees every commit made
+    /// before it starts), or on the writer when there are none.
+    fn read<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        if self.readers.is_empty() {
+            return self.with(f);
+        }
+        let n = self.readers.len();
+        let start = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(mut c) = self.readers[(start + i) % n].try_lock() {
+                return f(&mut c);
+            }
+        }
+        let mut c = self.readers[start % n]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         f(&mut c)
     }
 
@@ -555,11 +597,11 @@ impl Store {
     }
 
     pub fn get_volume(&self, project: Option<&str>, id: &str) -> Result<Volume> {
-        self.with(|c| get_volume_in(c, project, id))
+        self.read(|c| get_volume_in(c, project, id))
     }
 
     pub fn volume_tags(&self, id: &str) -> Result<Vec<Tag>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT key, value FROM volume_tags WHERE volume_id = ?1 ORDER BY key",
             )?;
@@ -574,7 +616,7 @@ impl Store {
     }
 
     pub fn attachments(&self, volume_id: &str) -> Result<Vec<Attachment>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {ATTACHMENT_COLS} FROM attachments WHERE volume_id = ?1 ORDER BY attached_at, id"
             ))?;
@@ -589,7 +631,7 @@ impl Store {
         project: Option<&str>,
         server_id: &str,
     ) -> Result<Vec<Attachment>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT a.id, a.volume_id, a.server_id, a.device, a.attached_at, a.delete_on_termination \
                  FROM attachments a JOIN volumes v ON v.id = a.volume_id \
@@ -754,11 +796,11 @@ impl Store {
     }
 
     pub fn get_snapshot(&self, project: Option<&str>, id: &str) -> Result<Snapshot> {
-        self.with(|c| get_snapshot_in(c, project, id))
+        self.read(|c| get_snapshot_in(c, project, id))
     }
 
     pub fn snapshots_of(&self, volume_id: &str) -> Result<Vec<Snapshot>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {SNAPSHOT_COLS} FROM snapshots WHERE volume_id = ?1 ORDER BY created_at, id"
             ))?;
@@ -768,7 +810,7 @@ impl Store {
     }
 
     pub fn snapshots_in_status(&self, status: SnapshotStatus) -> Result<Vec<Snapshot>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare(&format!(
                 "SELECT {SNAPSHOT_COLS} FROM snapshots WHERE status = ?1"
             ))?;
@@ -779,7 +821,7 @@ impl Store {
 
     /// One page of snapshots, newest first unless sorted otherwise.
     pub fn list_snapshots(&self, q: &SnapshotQuery) -> Result<Page<Snapshot>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut filter = String::from(" WHERE 1=1");
             let mut args: Vec<Value> = Vec::new();
             for (col, v) in [
@@ -976,7 +1018,7 @@ impl Store {
     }
 
     pub fn export(&self, volume_id: &str) -> Result<Option<Export>> {
-        self.with(|c| {
+        self.read(|c| {
             Ok(c.query_row(
                 "SELECT volume_id, kind, host_path, created_at FROM exports WHERE volume_id = ?1",
                 [volume_id],
@@ -994,7 +1036,7 @@ impl Store {
     }
 
     pub fn all_exports(&self) -> Result<Vec<Export>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare("SELECT volume_id, kind, host_path, created_at FROM exports")?;
             let rows = st.query_map([], |r| {
                 Ok(Export {
@@ -1010,7 +1052,7 @@ impl Store {
 
     /// Volumes that have at least one attachment.
     pub fn attached_volumes(&self) -> Result<Vec<Volume>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare(&format!(
                 "SELECT {VOLUME_COLS} FROM volumes WHERE id IN (SELECT volume_id FROM attachments)"
             ))?;
@@ -1022,7 +1064,7 @@ impl Store {
     /// One page of volumes. Ordering always ends with `id`, so a marker
     /// names an exact position; the page is found through an index seek.
     pub fn list_volumes(&self, q: &VolumeQuery) -> Result<Page<Volume>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut filter = String::from(" WHERE 1=1");
             let mut args: Vec<Value> = Vec::new();
             if let Some(p) = &q.project_id {
@@ -1224,7 +1266,7 @@ impl Store {
     }
 
     pub fn get_job(&self, id: &str) -> Result<Job> {
-        self.with(|c| {
+        self.read(|c| {
             c.query_row(
                 &format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"),
                 [id],
@@ -1237,7 +1279,7 @@ impl Store {
 
     /// Jobs of one volume, newest first.
     pub fn jobs_for_volume(&self, volume_id: &str, limit: u32) -> Result<Vec<Job>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {JOB_COLS} FROM jobs WHERE volume_id = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2"
             ))?;
@@ -1248,7 +1290,7 @@ impl Store {
 
     /// Jobs not yet in a terminal state, oldest first.
     pub fn unfinished_jobs(&self) -> Result<Vec<Job>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare(&format!(
                 "SELECT {JOB_COLS} FROM jobs WHERE state IN ('pending', 'running') ORDER BY created_at, id"
             ))?;
@@ -1259,7 +1301,7 @@ impl Store {
 
     /// Volumes whose state is transitional, whatever their jobs say.
     pub fn volumes_in_transition(&self) -> Result<Vec<Volume>> {
-        self.with(|c| {
+        self.read(|c| {
             let states: Vec<String> = VolumeState::ALL
                 .iter()
                 .filter(|s| s.is_transitional())
@@ -1275,7 +1317,7 @@ impl Store {
     }
 
     pub fn all_volume_ids(&self) -> Result<Vec<String>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare("SELECT id FROM volumes")?;
             let rows = st.query_map([], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -1283,7 +1325,7 @@ impl Store {
     }
 
     pub fn usage(&self, project: &str) -> Result<Usage> {
-        self.with(|c| Ok(usage_in(c, project)?))
+        self.read(|c| Ok(usage_in(c, project)?))
     }
 }
 

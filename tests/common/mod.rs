@@ -235,6 +235,22 @@ impl Client {
         Client::answer(f().await.expect("request sent")).await
     }
 
+    /// A millisecond not yet used for `key` (method and URL): the server
+    /// refuses a second request with the same signature as a replay. A
+    /// busy key moves a millisecond ahead instead of waiting.
+    pub fn fresh_ms(&self, key: &str) -> i64 {
+        static LAST: Mutex<Option<std::collections::HashMap<String, i64>>> = Mutex::new(None);
+        let now = self.clock.now().timestamp_millis();
+        let mut g = LAST.lock().unwrap();
+        let m = g.get_or_insert_with(Default::default);
+        let ts = match m.get(key) {
+            Some(&last) if last >= now => last + 1,
+            _ => now,
+        };
+        m.insert(key.to_string(), ts);
+        ts
+    }
+
     /// Builds a signed request; `tweak` may alter it before sending.
     pub fn signed(
         &self,
@@ -243,7 +259,7 @@ impl Client {
         body: Option<&Value>,
     ) -> reqwest::RequestBuilder {
         let url = format!("{}{}", self.base, path);
-        let ts = self.now_ms().to_string();
+        let ts = self.fresh_ms(&format!("{method} {url}")).to_string();
         let sig = sign(
             &self.cred.secret_key,
             &SignedRequest {
