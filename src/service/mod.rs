@@ -6,8 +6,10 @@
 
 mod jobs;
 mod snapshots;
+mod transfers;
 
 pub use snapshots::CreateSnapshot;
+pub use transfers::{CreateTransfer, NewTransfer};
 
 use crate::backend::{BackendError, Location, VolumeBackend};
 use crate::clock::{SharedClock, format_ts};
@@ -214,6 +216,10 @@ pub(crate) enum JobParams {
     },
     Detach {
         server_id: String,
+    },
+    /// Offer, accept or cancel of a transfer; finished when recorded.
+    Transfer {
+        transfer_id: String,
     },
 }
 

@@ -3,6 +3,9 @@
 //! each call that changes state runs in one transaction.
 
 pub mod model;
+mod transfers;
+
+pub use transfers::{Acceptance, Transfer, TransferQuery, TransferQuota, TransferState};
 
 use model::*;
 use rusqlite::types::Value;
@@ -241,6 +244,26 @@ const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL
     );
     CREATE INDEX attachments_server ON attachments(server_id);
+    "#,
+    // 3: volume transfers between projects.
+    r#"
+    CREATE TABLE transfers (
+        id TEXT PRIMARY KEY,
+        volume_id TEXT NOT NULL,
+        project_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        name TEXT,
+        salt TEXT NOT NULL,
+        key_hash TEXT NOT NULL,
+        no_snapshots INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        destination_project_id TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX transfers_project_created ON transfers(project_id, created_at, id);
+    CREATE INDEX transfers_pending_created ON transfers(created_at, id) WHERE state = 'pending';
+    CREATE UNIQUE INDEX transfers_pending_volume ON transfers(volume_id) WHERE state = 'pending';
     "#,
 ];
 
@@ -1401,7 +1424,7 @@ fn sort_value(v: &Volume, k: VolumeSortKey) -> Value {
 mod tests {
     use super::*;
 
-    fn vol(id: &str, project: &str, name: &str, size: u64, created: &str) -> Volume {
+    pub(super) fn vol(id: &str, project: &str, name: &str, size: u64, created: &str) -> Volume {
         Volume {
             id: id.into(),
             project_id: project.into(),
@@ -1426,7 +1449,7 @@ mod tests {
         }
     }
 
-    fn job(id: &str, vol: &str) -> Job {
+    pub(super) fn job(id: &str, vol: &str) -> Job {
         Job {
             id: id.into(),
             kind: JobKind::CreateVolume,
@@ -1440,14 +1463,14 @@ mod tests {
         }
     }
 
-    const BIG: QuotaCheck = QuotaCheck {
+    pub(super) const BIG: QuotaCheck = QuotaCheck {
         volumes_limit: 1000,
         gigabytes_limit: 100000,
         add_volumes: 1,
         add_gigabytes: 8,
     };
 
-    fn store() -> (tempfile::TempDir, Store) {
+    pub(super) fn store() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(&d.path().join("db")).unwrap();
         (d, s)
