@@ -28,6 +28,10 @@ pub fn cred(n: &str) -> Credential {
 /// Config text with two projects' credentials and `extra` appended.
 pub fn config_text(data_dir: &Path, extra: &str) -> String {
     let mut s = format!("data_dir = {:?}\n", data_dir.display().to_string());
+    if !extra.contains("[cinder]") {
+        // Daemons started as processes must not all take port 8776.
+        s += "[cinder]\nlisten = \"127.0.0.1:0\"\n";
+    }
     s += extra;
     for n in ["a", "b"] {
         let c = cred(n);
@@ -41,6 +45,8 @@ pub fn config_text(data_dir: &Path, extra: &str) -> String {
 
 pub struct TestDaemon {
     pub addr: std::net::SocketAddr,
+    /// The Cinder dialect's listener.
+    pub cinder_addr: std::net::SocketAddr,
     pub dir: tempfile::TempDir,
     pub daemon: Daemon,
     pub clock: SharedClock,
@@ -87,14 +93,26 @@ impl TestDaemon {
         let (listener, addr) = blockd::server::bind("127.0.0.1:0").await.expect("bind");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = daemon.scp_app();
+        let (cinder_listener, cinder_addr) =
+            blockd::server::bind("127.0.0.1:0").await.expect("bind");
+        let (ctx, crx) = tokio::sync::oneshot::channel::<()>();
+        let cinder_app = daemon.cinder_app();
+        tokio::spawn(async move {
+            let _ = blockd::server::run(cinder_listener, cinder_app, async {
+                let _ = crx.await;
+            })
+            .await;
+        });
         tokio::spawn(async move {
             let _ = blockd::server::run(listener, app, async {
                 let _ = rx.await;
+                let _ = ctx.send(());
             })
             .await;
         });
         TestDaemon {
             addr,
+            cinder_addr,
             dir,
             daemon,
             clock,
@@ -311,3 +329,5 @@ pub fn keys(v: &Value) -> Vec<String> {
     k.sort();
     k
 }
+
+pub mod cinder;
