@@ -47,6 +47,8 @@ pub struct Config {
     pub quota: QuotaConfig,
     #[serde(default)]
     pub jobs: JobsConfig,
+    #[serde(default)]
+    pub cinder: crate::api::cinder::config::CinderConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -384,6 +386,9 @@ impl Config {
         {
             return Err(bad("scp.versions".into(), "no version is CURRENT".into()));
         }
+        self.cinder
+            .validate()
+            .map_err(|(key, problem)| bad(key, problem))?;
         if self.volume_types.is_empty() {
             return Err(bad(
                 "volume_types".into(),

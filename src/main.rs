@@ -171,9 +171,33 @@ async fn serve(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Re
     daemon.recover()?;
     let (listener, addr) = blockd::server::bind(&cfg.scp.listen).await?;
     tracing::info!(%addr, data_dir = %daemon.data_dir.display(), "SCP API listening");
-    blockd::server::run(listener, daemon.scp_app(), shutdown_signal())
-        .await
-        .context("serving the SCP API")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let cinder = if cfg.cinder.enabled {
+        let (l, a) = blockd::server::bind(&cfg.cinder.listen).await?;
+        tracing::info!(addr = %a, auth = ?cfg.cinder.auth, "Cinder API listening");
+        let mut rx = stop_rx.clone();
+        let app = daemon.cinder_app();
+        Some(tokio::spawn(async move {
+            blockd::server::run(l, app, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        }))
+    } else {
+        None
+    };
+    blockd::server::run(listener, daemon.scp_app(), async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    })
+    .await
+    .context("serving the SCP API")?;
+    drop(stop_rx);
+    if let Some(c) = cinder {
+        c.await
+            .context("the Cinder listener task")?
+            .context("serving the Cinder API")?;
+    }
     if !daemon
         .service
         .drain(std::time::Duration::from_secs(30))

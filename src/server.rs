@@ -32,6 +32,8 @@ pub enum StartError {
     },
     #[error("backend: {0}")]
     Backend(#[from] crate::backend::BackendError),
+    #[error("{0}")]
+    Cinder(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -43,6 +45,7 @@ pub enum StartError {
 pub struct Daemon {
     pub service: Arc<Service>,
     pub scp: Arc<ScpState>,
+    pub cinder: Arc<crate::api::cinder::CinderState>,
     pub data_dir: PathBuf,
     pub max_body: usize,
 }
@@ -117,9 +120,17 @@ impl Daemon {
             cfg.scp.signature_window_secs,
             &cfg.scp.url_scheme,
         ));
+        let validator = crate::api::cinder::auth::validator_for(&cfg.cinder, None)
+            .map_err(StartError::Cinder)?;
+        let cinder = Arc::new(crate::api::cinder::CinderState::new(
+            service.clone(),
+            validator,
+            &cfg.cinder,
+        ));
         Ok(Daemon {
             service,
             scp,
+            cinder,
             data_dir,
             max_body: cfg.scp.max_body_bytes,
         })
@@ -139,6 +150,11 @@ impl Daemon {
 
     pub fn scp_app(&self) -> Router {
         scp::router(self.scp.clone(), self.max_body)
+            .layer(axum::middleware::from_fn(crate::api::request_id))
+    }
+
+    pub fn cinder_app(&self) -> Router {
+        crate::api::cinder::router(self.cinder.clone())
             .layer(axum::middleware::from_fn(crate::api::request_id))
     }
 }

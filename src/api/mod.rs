@@ -2,6 +2,7 @@
 //! tracing spans, JSON body parsing that names the bad field, and query
 //! string helpers. Each dialect maps service errors to HTTP in one place.
 
+pub mod cinder;
 pub mod scp;
 
 use axum::body::Bytes;

@@ -178,6 +178,7 @@ impl Service {
                 size_gib,
                 provisioning,
                 from_snapshot: None,
+                from_volume: None,
             } => backend
                 .create(id, size_gib * GIB, *provisioning)
                 .map(|_| ())
@@ -186,9 +187,22 @@ impl Service {
                 size_gib,
                 provisioning,
                 from_snapshot: Some(sid),
+                ..
             } => {
                 self.restore_copy(sid, id, size_gib * GIB, backend)?;
                 // Allocates the rest when the type is provisioned.
+                backend
+                    .extend(id, size_gib * GIB, *provisioning)
+                    .map(|_| ())
+                    .map_err(|e| err(&e))
+            }
+            JobParams::Create {
+                size_gib,
+                provisioning,
+                from_snapshot: None,
+                from_volume: Some(src),
+            } => {
+                self.clone_copy(src, id, size_gib * GIB, backend)?;
                 backend
                     .extend(id, size_gib * GIB, *provisioning)
                     .map(|_| ())

@@ -4,6 +4,7 @@
 //! that changes the volume's state, and every job ends in a terminal state,
 //! across restarts too.
 
+mod extras;
 mod jobs;
 mod snapshots;
 mod transfers;
@@ -169,6 +170,8 @@ pub struct CreateVolume {
     pub size_gib: u64,
     pub volume_type: Option<String>,
     pub snapshot_id: Option<String>,
+    /// Clone this volume's bytes into the new one.
+    pub source_volid: Option<String>,
     pub tags: Vec<Tag>,
     pub max_iops: Option<u32>,
     pub max_throughput: Option<u32>,
@@ -190,6 +193,9 @@ pub(crate) enum JobParams {
         /// Fill the new volume from this snapshot, verifying its manifest.
         #[serde(default)]
         from_snapshot: Option<String>,
+        /// Fill the new volume with a copy of this volume.
+        #[serde(default)]
+        from_volume: Option<String>,
     },
     Extend {
         from_gib: u64,
@@ -309,6 +315,7 @@ impl Service {
             copies: std::sync::Mutex::new(HashMap::new()),
             copy_options: crate::copy::CopyOptions::default(),
         }
+        .with_stored_quota_limits()
     }
 
     /// New jobs are refused once shutdown has begun.
@@ -455,6 +462,9 @@ impl Service {
                 ));
             }
         }
+        if let Some(src) = &req.source_volid {
+            self.check_clone_source(caller, src, req.size_gib)?;
+        }
         self.backend(&vt.backend)?;
         let now = self.now();
         let volume = Volume {
@@ -471,7 +481,7 @@ impl Service {
             encrypted: false,
             multiattach: vt.multiattach,
             snapshot_id: req.snapshot_id,
-            source_volid: None,
+            source_volid: req.source_volid,
             max_iops: req.max_iops,
             max_throughput: req.max_throughput,
             backend: vt.backend.clone(),
@@ -483,6 +493,7 @@ impl Service {
             size_gib: volume.size_gib,
             provisioning: vt.provisioning,
             from_snapshot: volume.snapshot_id.clone(),
+            from_volume: volume.source_volid.clone(),
         };
         let job = self.new_job(
             JobKind::CreateVolume,

@@ -32,15 +32,39 @@ fn snapshot_not_found(id: &str) -> impl FnOnce(StoreError) -> ServiceError + '_ 
     }
 }
 
-fn file_of(loc: Option<Location>, what: &str) -> std::result::Result<PathBuf, String> {
+pub(super) fn file_of(loc: Option<Location>, what: &str) -> std::result::Result<PathBuf, String> {
     match loc {
         Some(Location::File(p)) | Some(Location::BlockDevice(p)) => Ok(p),
         None => Err(format!("{what} has no local path on this host")),
     }
 }
 
+/// After a copy into `tmp` succeeded, grows it to at least `size` bytes
+/// and renames it onto `dst`; on any failure the temp file goes away.
+pub(super) fn grow_and_commit(
+    copied: std::result::Result<(), String>,
+    tmp: &Path,
+    dst: &Path,
+    size: u64,
+) -> std::result::Result<(), String> {
+    let grown = copied.and_then(|_| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(tmp)
+            .map_err(|e| e.to_string())?;
+        if f.metadata().map_err(|e| e.to_string())?.len() < size {
+            f.set_len(size).map_err(|e| e.to_string())?;
+        }
+        copy::commit_file(tmp, dst).map_err(|e| reason(&e))
+    });
+    if grown.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    grown
+}
+
 /// Flushes a file or device to stable storage.
-fn flush(path: &Path) -> std::result::Result<(), String> {
+pub(super) fn flush(path: &Path) -> std::result::Result<(), String> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|e| format!("flush {}: {e}", path.display()))
@@ -144,6 +168,17 @@ impl Service {
     ) -> Result<Snapshot> {
         self.store
             .update_snapshot(caller.scope(), id, name, description, &self.now())
+            .map_err(snapshot_not_found(id))
+    }
+
+    pub fn set_snapshot_metadata(
+        &self,
+        caller: &Caller,
+        id: &str,
+        metadata: &str,
+    ) -> Result<Snapshot> {
+        self.store
+            .set_snapshot_metadata(caller.scope(), id, metadata, &self.now())
             .map_err(snapshot_not_found(id))
     }
 
@@ -365,20 +400,7 @@ impl Service {
             &Progress::new(),
             &CancelToken::new(),
         );
-        let grown = r.map_err(|e| reason(&e)).and_then(|_| {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&tmp)
-                .map_err(|e| e.to_string())?;
-            if f.metadata().map_err(|e| e.to_string())?.len() < size {
-                f.set_len(size).map_err(|e| e.to_string())?;
-            }
-            copy::commit_file(&tmp, &dst).map_err(|e| reason(&e))
-        });
-        if grown.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        grown
+        grow_and_commit(r.map(|_| ()).map_err(|e| reason(&e)), &tmp, &dst, size)
     }
 
     /// Runs a snapshot job to its end and records it.

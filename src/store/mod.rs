@@ -150,6 +150,19 @@ pub struct VolumePatch {
     pub description: Option<String>,
     pub max_iops: Option<u32>,
     pub max_throughput: Option<u32>,
+    pub bootable: Option<bool>,
+    pub tags: Option<TagChange>,
+}
+
+/// A change to a volume's tags (Cinder calls them metadata).
+#[derive(Debug, Clone)]
+pub enum TagChange {
+    /// Replace all tags with these.
+    Replace(Vec<Tag>),
+    /// Add or overwrite these keys.
+    Merge(Vec<Tag>),
+    /// Remove one key.
+    Delete(String),
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -264,6 +277,22 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX transfers_project_created ON transfers(project_id, created_at, id);
     CREATE INDEX transfers_pending_created ON transfers(created_at, id) WHERE state = 'pending';
     CREATE UNIQUE INDEX transfers_pending_volume ON transfers(volume_id) WHERE state = 'pending';
+    "#,
+    // 4: per-volume admin metadata (readonly, attach mode), and quota
+    // limits set through the API.
+    r#"
+    CREATE TABLE volume_admin_metadata (
+        volume_id TEXT NOT NULL REFERENCES volumes(id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (volume_id, key)
+    );
+    CREATE TABLE quota_limits (
+        project_id TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        hard_limit INTEGER NOT NULL,
+        PRIMARY KEY (project_id, resource)
+    );
     "#,
 ];
 
@@ -433,6 +462,32 @@ fn check_quota(tx: &Connection, project: &str, q: &QuotaCheck) -> Result<()> {
         });
     }
     Ok(())
+}
+
+fn change_tags(tx: &Connection, id: &str, change: &TagChange) -> rusqlite::Result<()> {
+    let put = |tags: &[Tag]| -> rusqlite::Result<()> {
+        for t in tags {
+            tx.execute(
+                "INSERT OR REPLACE INTO volume_tags (volume_id, key, value) VALUES (?1, ?2, ?3)",
+                params![id, t.key, t.value],
+            )?;
+        }
+        Ok(())
+    };
+    match change {
+        TagChange::Replace(tags) => {
+            tx.execute("DELETE FROM volume_tags WHERE volume_id = ?1", [id])?;
+            put(tags)
+        }
+        TagChange::Merge(tags) => put(tags),
+        TagChange::Delete(key) => {
+            tx.execute(
+                "DELETE FROM volume_tags WHERE volume_id = ?1 AND key = ?2",
+                params![id, key],
+            )?;
+            Ok(())
+        }
+    }
 }
 
 fn get_volume_in(c: &Connection, project: Option<&str>, id: &str) -> Result<Volume> {
@@ -671,7 +726,7 @@ impl Store {
     pub fn begin_attach(&self, project: Option<&str>, a: &NewAttachment) -> Result<Attachment> {
         self.write(|tx| {
             let v = get_volume_in(tx, project, a.volume_id)?;
-            let ok = v.state == VolumeState::Available
+            let ok = matches!(v.state, VolumeState::Available | VolumeState::Reserved)
                 || (v.state == VolumeState::InUse && v.multiattach);
             if !ok {
                 if v.state == VolumeState::InUse {
@@ -982,6 +1037,24 @@ impl Store {
         })
     }
 
+    /// Replaces a snapshot's metadata (the JSON text clients sent).
+    pub fn set_snapshot_metadata(
+        &self,
+        project: Option<&str>,
+        id: &str,
+        metadata: &str,
+        now: &str,
+    ) -> Result<Snapshot> {
+        self.write(|tx| {
+            get_snapshot_in(tx, project, id)?;
+            tx.execute(
+                "UPDATE snapshots SET metadata = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, metadata, now],
+            )?;
+            get_snapshot_in(tx, None, id)
+        })
+    }
+
     /// Ends a snapshot job: the job's state and the snapshot's, together.
     pub fn finish_snapshot_job(&self, e: &SnapshotJobEnd) -> Result<()> {
         self.write(|tx| {
@@ -1106,6 +1179,16 @@ impl Store {
                 args.push(Value::Integer(b as i64));
                 filter += &format!(" AND bootable = ?{}", args.len());
             }
+            for t in &q.tags {
+                args.push(Value::Text(t.key.clone()));
+                args.push(Value::Text(t.value.clone().unwrap_or_default()));
+                filter += &format!(
+                    " AND EXISTS (SELECT 1 FROM volume_tags t WHERE t.volume_id = volumes.id \
+                     AND t.key = ?{} AND COALESCE(t.value, '') = ?{})",
+                    args.len() - 1,
+                    args.len()
+                );
+            }
             let count = if q.with_count {
                 let sql = format!("SELECT COUNT(*) FROM volumes{filter}");
                 Some(
@@ -1184,16 +1267,21 @@ impl Store {
             tx.execute(
                 "UPDATE volumes SET name = COALESCE(?2, name), \
                  description = COALESCE(?3, description), max_iops = COALESCE(?4, max_iops), \
-                 max_throughput = COALESCE(?5, max_throughput), modified_at = ?6 WHERE id = ?1",
+                 max_throughput = COALESCE(?5, max_throughput), modified_at = ?6, \
+                 bootable = COALESCE(?7, bootable) WHERE id = ?1",
                 params![
                     id,
                     patch.name,
                     patch.description,
                     patch.max_iops,
                     patch.max_throughput,
-                    now
+                    now,
+                    patch.bootable
                 ],
             )?;
+            if let Some(change) = &patch.tags {
+                change_tags(tx, id, change)?;
+            }
             insert_job(tx, job)?;
             get_volume_in(tx, None, id)
         })
@@ -1284,6 +1372,78 @@ impl Store {
                 "UPDATE volumes SET state = ?2, error_reason = ?3, modified_at = ?4 WHERE id = ?1",
                 params![id, state.as_str(), reason, now],
             )?;
+            Ok(())
+        })
+    }
+
+    /// A volume's admin metadata (readonly flag, attach mode), by key.
+    pub fn admin_metadata(&self, volume_id: &str) -> Result<Vec<(String, String)>> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT key, value FROM volume_admin_metadata WHERE volume_id = ?1 ORDER BY key",
+            )?;
+            let rows = st.query_map([volume_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// Sets (Some) or removes (None) admin metadata keys and optionally the
+    /// state, with the job that records it, when the volume is in `allowed`.
+    pub fn set_admin_metadata(
+        &self,
+        project: Option<&str>,
+        volume_id: &str,
+        allowed: &[VolumeState],
+        entries: &[(&str, Option<&str>)],
+        state: Option<VolumeState>,
+        job: &Job,
+    ) -> Result<Volume> {
+        self.write(|tx| {
+            let v = get_volume_in(tx, project, volume_id)?;
+            if !allowed.contains(&v.state) {
+                return Err(StoreError::WrongState(v.state));
+            }
+            for (k, val) in entries {
+                match val {
+                    Some(val) => tx.execute(
+                        "INSERT OR REPLACE INTO volume_admin_metadata (volume_id, key, value) VALUES (?1, ?2, ?3)",
+                        params![volume_id, k, val],
+                    )?,
+                    None => tx.execute(
+                        "DELETE FROM volume_admin_metadata WHERE volume_id = ?1 AND key = ?2",
+                        params![volume_id, k],
+                    )?,
+                };
+            }
+            if let Some(st) = state {
+                tx.execute(
+                    "UPDATE volumes SET state = ?2, error_reason = NULL, modified_at = ?3 WHERE id = ?1",
+                    params![volume_id, st.as_str(), job.created_at],
+                )?;
+            }
+            insert_job(tx, job)?;
+            get_volume_in(tx, None, volume_id)
+        })
+    }
+
+    /// Quota limits set through the API: (project, resource, limit).
+    pub fn quota_limits(&self) -> Result<Vec<(String, String, u64)>> {
+        self.with(|c| {
+            let mut st =
+                c.prepare_cached("SELECT project_id, resource, hard_limit FROM quota_limits")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    pub fn set_quota_limits(&self, project: &str, limits: &[(&str, u64)]) -> Result<()> {
+        self.write(|tx| {
+            for (res, limit) in limits {
+                tx.execute(
+                    "INSERT OR REPLACE INTO quota_limits (project_id, resource, hard_limit) VALUES (?1, ?2, ?3)",
+                    params![project, res, limit],
+                )?;
+            }
             Ok(())
         })
     }

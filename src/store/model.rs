@@ -250,6 +250,8 @@ pub struct VolumeQuery {
     pub name: Option<String>,
     pub state: Option<String>,
     pub bootable: Option<bool>,
+    /// Volumes carrying every one of these tags (a missing value matches "").
+    pub tags: Vec<Tag>,
     pub sort: Vec<(VolumeSortKey, SortDir)>,
     pub limit: u32,
     pub offset: u64,
@@ -264,6 +266,7 @@ impl Default for VolumeQuery {
             name: None,
             state: None,
             bootable: None,
+            tags: Vec::new(),
             sort: vec![(VolumeSortKey::CreatedAt, SortDir::Desc)],
             limit: 20,
             offset: 0,

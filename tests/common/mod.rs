@@ -28,6 +28,10 @@ pub fn cred(n: &str) -> Credential {
 /// Config text with two projects' credentials and `extra` appended.
 pub fn config_text(data_dir: &Path, extra: &str) -> String {
     let mut s = format!("data_dir = {:?}\n", data_dir.display().to_string());
+    if !extra.contains("[cinder]") {
+        // Daemons started as processes must not all take port 8776.
+        s += "[cinder]\nlisten = \"127.0.0.1:0\"\n";
+    }
     s += extra;
     for n in ["a", "b"] {
         let c = cred(n);
@@ -41,6 +45,8 @@ pub fn config_text(data_dir: &Path, extra: &str) -> String {
 
 pub struct TestDaemon {
     pub addr: std::net::SocketAddr,
+    /// The Cinder dialect's listener.
+    pub cinder_addr: std::net::SocketAddr,
     pub dir: tempfile::TempDir,
     pub daemon: Daemon,
     pub clock: SharedClock,
@@ -89,14 +95,26 @@ impl TestDaemon {
         let (listener, addr) = blockd::server::bind("127.0.0.1:0").await.expect("bind");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = daemon.scp_app();
+        let (cinder_listener, cinder_addr) =
+            blockd::server::bind("127.0.0.1:0").await.expect("bind");
+        let (ctx, crx) = tokio::sync::oneshot::channel::<()>();
+        let cinder_app = daemon.cinder_app();
+        tokio::spawn(async move {
+            let _ = blockd::server::run(cinder_listener, cinder_app, async {
+                let _ = crx.await;
+            })
+            .await;
+        });
         tokio::spawn(async move {
             let _ = blockd::server::run(listener, app, async {
                 let _ = rx.await;
+                let _ = ctx.send(());
             })
             .await;
         });
         TestDaemon {
             addr,
+            cinder_addr,
             dir,
             daemon,
             clock,
@@ -244,7 +262,7 @@ impl Client {
         let mut g = LAST.lock().unwrap();
         let m = g.get_or_insert_with(Default::default);
         let ts = match m.get(key) {
-            Some(&last) if last >= now => last + 1,
+            Some(&last) if last >= now && last - now < 1000 => last + 1,
             _ => now,
         };
         m.insert(key.to_string(), ts);
@@ -369,3 +387,5 @@ pub fn keys(v: &Value) -> Vec<String> {
     k.sort();
     k
 }
+
+pub mod cinder;

@@ -450,6 +450,7 @@ fn create_request(body: &RawBody, ver: ApiVersion) -> Result<CreateVolume, ScpEr
         size_gib: size,
         volume_type: r.volume_type,
         snapshot_id: r.snapshot_id,
+        source_volid: None,
         tags: tags
             .into_iter()
             .map(|t| Tag {
