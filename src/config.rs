@@ -47,6 +47,10 @@ pub struct Config {
     pub quota: QuotaConfig,
     #[serde(default)]
     pub jobs: JobsConfig,
+    #[serde(default)]
+    pub daemon: crate::ops::DaemonConfig,
+    #[serde(default)]
+    pub metrics: crate::ops::MetricsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -319,6 +323,7 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| bad("scp.listen".into(), format!("not an address:port ({e})")))?;
+        crate::ops::validate(&self.daemon, &self.metrics).map_err(|(k, p)| bad(k, p))?;
         if self.scp.max_body_bytes < 1024 {
             return Err(bad(
                 "scp.max_body_bytes".into(),

@@ -1,4 +1,4 @@
-//! The blockd binary: `blockd serve [--config FILE]`.
+//! The blockd binary: `blockd serve`, and the client commands in `blockd::cli`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -136,55 +136,6 @@ fn export_show(
     })
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-}
-
-async fn serve(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut cfg = blockd::config::Config::load(config.as_deref())?;
-    if data_dir.is_some() {
-        cfg.data_dir = data_dir;
-    }
-    let daemon = blockd::server::Daemon::open(&cfg, blockd::clock::system())?;
-    daemon.recover()?;
-    let (listener, addr) = blockd::server::bind(&cfg.scp.listen).await?;
-    tracing::info!(%addr, data_dir = %daemon.data_dir.display(), "SCP API listening");
-    blockd::server::run(listener, daemon.scp_app(), shutdown_signal())
-        .await
-        .context("serving the SCP API")?;
-    if !daemon
-        .service
-        .drain(std::time::Duration::from_secs(30))
-        .await
-    {
-        tracing::warn!("jobs still running at exit; start-up recovery will finish them");
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
@@ -193,9 +144,19 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             data_dir,
             log_format,
         } => {
-            init_logging(&log_format);
+            let cfg = blockd::ops::reload::load(config.as_deref(), data_dir.as_ref())?;
+            let filter = blockd::ops::logging::initial_filter(cfg.daemon.log_level.as_deref());
+            let log = blockd::ops::logging::init(log_format == "json", &filter);
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            rt.block_on(serve(config, data_dir))?;
+            let opts = blockd::ops::lifecycle::ServeOptions {
+                config,
+                data_dir,
+                log,
+            };
+            let r = rt.block_on(blockd::ops::lifecycle::serve(opts));
+            // Blocking work abandoned at the drain deadline is not waited for.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            r?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::DefaultConfig => {

@@ -45,6 +45,7 @@ pub struct Daemon {
     pub scp: Arc<ScpState>,
     pub data_dir: PathBuf,
     pub max_body: usize,
+    pub metrics: Arc<crate::ops::metrics::Metrics>,
 }
 
 /// Makes `dir` (0700) and refuses one that others can write to.
@@ -122,6 +123,7 @@ impl Daemon {
             scp,
             data_dir,
             max_body: cfg.scp.max_body_bytes,
+            metrics: Arc::new(crate::ops::metrics::Metrics::new()),
         })
     }
 
@@ -138,8 +140,22 @@ impl Daemon {
     }
 
     pub fn scp_app(&self) -> Router {
-        scp::router(self.scp.clone(), self.max_body)
+        self.dialect("scp", scp::router(self.scp.clone(), self.max_body))
+    }
+
+    /// What every dialect's router gets: request metrics and request ids.
+    pub fn dialect(&self, name: &'static str, router: Router) -> Router {
+        self.metrics
+            .instrument(name, router)
             .layer(axum::middleware::from_fn(crate::api::request_id))
+    }
+
+    /// The operations listener: `/metrics`, `/healthz`, `/readyz`.
+    pub fn ops_app(&self) -> Router {
+        crate::ops::metrics::router(crate::ops::metrics::OpsState {
+            metrics: self.metrics.clone(),
+            service: self.service.clone(),
+        })
     }
 }
 

@@ -3,6 +3,8 @@
 //! each call that changes state runs in one transaction.
 
 pub mod model;
+mod stats;
+pub use stats::{Group, StoreStats};
 
 use model::*;
 use rusqlite::types::Value;
