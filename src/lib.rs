@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod copy;

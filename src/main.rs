@@ -27,113 +27,8 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
-    /// Snapshots on this host.
-    Snapshot {
-        #[command(subcommand)]
-        command: SnapshotCommand,
-    },
-    /// Host exports of volumes, read from the local store.
-    Export {
-        #[command(subcommand)]
-        command: ExportCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum SnapshotCommand {
-    /// Re-hash a snapshot against its manifest; exit 1 on the first bad chunk.
-    Verify {
-        snapshot_id: String,
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
-}
-
-fn snapshot_verify(
-    id: &str,
-    config: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-) -> anyhow::Result<std::process::ExitCode> {
-    let cfg = blockd::config::Config::load(config.as_deref())?;
-    let dir = data_dir.unwrap_or_else(|| cfg.data_dir());
-    let store = blockd::store::Store::open_read_only(&dir.join("blockd.db"))?;
-    let s = store
-        .get_snapshot(None, id)
-        .with_context(|| format!("snapshot {id}"))?;
-    let data = dir.join("snapshots").join(format!("{}.img", s.id));
-    let manifest = blockd::copy::Manifest::read_from(&blockd::backend::manifest_path(&data))?;
-    if let Some(sum) = &s.checksum
-        && *sum != manifest.checksum_hex()
-    {
-        println!("{id}\tBAD\tmanifest checksum differs from the store");
-        return Ok(std::process::ExitCode::from(1));
-    }
-    let r = blockd::copy::verify(&data, &manifest)?;
-    match r.first_bad_chunk {
-        None if r.ok => {
-            println!("{id}\tOK\t{} chunks", r.chunks);
-            Ok(std::process::ExitCode::SUCCESS)
-        }
-        bad => {
-            println!("{id}\tBAD\tfirst bad chunk {bad:?} of {}", r.chunks);
-            Ok(std::process::ExitCode::from(1))
-        }
-    }
-}
-
-#[derive(Subcommand)]
-enum ExportCommand {
-    /// Show where a volume is exposed on this host (e.g. /dev/loop3).
-    Show {
-        volume_id: String,
-        /// Config file of the daemon (for its data dir).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-/// Exit code 2: the volume exists but is not exported.
-fn export_show(
-    volume_id: &str,
-    config: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    json: bool,
-) -> anyhow::Result<std::process::ExitCode> {
-    let cfg = blockd::config::Config::load(config.as_deref())?;
-    let dir = data_dir.unwrap_or_else(|| cfg.data_dir());
-    let db = dir.join("blockd.db");
-    let store = blockd::store::Store::open_read_only(&db)
-        .with_context(|| format!("opening {}", db.display()))?;
-    let v = store
-        .get_volume(None, volume_id)
-        .with_context(|| format!("volume {volume_id}"))?;
-    let x = store.export(volume_id)?;
-    if json {
-        let out = serde_json::json!({
-            "volume_id": v.id,
-            "state": v.state.as_str(),
-            "export": x,
-            "attachments": store.attachments(volume_id)?,
-        });
-        println!("{out}");
-    } else {
-        match &x {
-            Some(x) => println!("{}\t{}\t{}\t{}", v.id, v.state, x.kind, x.host_path),
-            None => println!("{}\t{}\tnot exported", v.id, v.state),
-        }
-    }
-    Ok(if x.is_some() {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::from(2)
-    })
+    #[command(flatten)]
+    Client(blockd::cli::Command),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -163,22 +58,6 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             print!("{}", blockd::config::EMBEDDED_DEFAULT);
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Export {
-            command:
-                ExportCommand::Show {
-                    volume_id,
-                    config,
-                    data_dir,
-                    json,
-                },
-        } => export_show(&volume_id, config, data_dir, json),
-        Command::Snapshot {
-            command:
-                SnapshotCommand::Verify {
-                    snapshot_id,
-                    config,
-                    data_dir,
-                },
-        } => snapshot_verify(&snapshot_id, config, data_dir),
+        Command::Client(c) => Ok(blockd::cli::run(c)),
     }
 }
