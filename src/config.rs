@@ -49,6 +49,10 @@ pub struct Config {
     pub jobs: JobsConfig,
     #[serde(default)]
     pub cinder: crate::api::cinder::config::CinderConfig,
+    #[serde(default)]
+    pub daemon: crate::ops::DaemonConfig,
+    #[serde(default)]
+    pub metrics: crate::ops::MetricsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -329,6 +333,7 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| bad("scp.listen".into(), format!("not an address:port ({e})")))?;
+        crate::ops::validate(&self.daemon, &self.metrics).map_err(|(k, p)| bad(k, p))?;
         if self.scp.max_body_bytes < 1024 {
             return Err(bad(
                 "scp.max_body_bytes".into(),

@@ -3,10 +3,12 @@
 
 pub mod api;
 pub mod backend;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod copy;
 pub mod export;
+pub mod ops;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -48,6 +48,7 @@ pub struct Daemon {
     pub cinder: Arc<crate::api::cinder::CinderState>,
     pub data_dir: PathBuf,
     pub max_body: usize,
+    pub metrics: Arc<crate::ops::metrics::Metrics>,
 }
 
 /// Makes `dir` (0700) and refuses one that others can write to.
@@ -133,6 +134,7 @@ impl Daemon {
             cinder,
             data_dir,
             max_body: cfg.scp.max_body_bytes,
+            metrics: Arc::new(crate::ops::metrics::Metrics::new()),
         })
     }
 
@@ -149,13 +151,26 @@ impl Daemon {
     }
 
     pub fn scp_app(&self) -> Router {
-        scp::router(self.scp.clone(), self.max_body)
+        self.dialect("scp", scp::router(self.scp.clone(), self.max_body))
+    }
+
+    /// What every dialect's router gets: request metrics and request ids.
+    pub fn dialect(&self, name: &'static str, router: Router) -> Router {
+        self.metrics
+            .instrument(name, router)
             .layer(axum::middleware::from_fn(crate::api::request_id))
     }
 
     pub fn cinder_app(&self) -> Router {
-        crate::api::cinder::router(self.cinder.clone())
-            .layer(axum::middleware::from_fn(crate::api::request_id))
+        self.dialect("cinder", crate::api::cinder::router(self.cinder.clone()))
+    }
+
+    /// The operations listener: `/metrics`, `/healthz`, `/readyz`.
+    pub fn ops_app(&self) -> Router {
+        crate::ops::metrics::router(crate::ops::metrics::OpsState {
+            metrics: self.metrics.clone(),
+            service: self.service.clone(),
+        })
     }
 }
 

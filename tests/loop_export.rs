@@ -278,8 +278,13 @@ async fn loop_reconcile_after_restart_both_ways() {
     let stray_info = blockd::export::list()
         .into_iter()
         .find(|i| i.device == stray_dev.path());
+    // The number may already serve another test's file; it must not serve
+    // the stray volume any more.
+    let stray_path = d.volume_path(&stray);
     assert!(
-        stray_info.map(|i| i.backing_file.is_none()).unwrap_or(true),
+        stray_info
+            .map(|i| i.backing_file.as_deref() != Some(stray_path.as_path()))
+            .unwrap_or(true),
         "the stray device was not detached"
     );
 

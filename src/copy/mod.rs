@@ -7,6 +7,7 @@
 mod engine;
 mod extents;
 mod manifest;
+pub mod stats;
 #[cfg(test)]
 mod tests;
 
@@ -206,7 +207,7 @@ pub fn copy(
     progress: &Progress,
     cancel: &CancelToken,
 ) -> Result<CopyReport, CopyError> {
-    copy_inner(src, dst, opts, None, progress, cancel)
+    stats::timed(|| copy_inner(src, dst, opts, None, progress, cancel))
 }
 
 /// Like `copy`, but every chunk is checked against `expected` as it is
@@ -221,7 +222,7 @@ pub fn copy_verified(
 ) -> Result<CopyReport, CopyError> {
     let mut o = opts.clone();
     o.manifest = true;
-    copy_inner(src, dst, &o, Some(expected), progress, cancel)
+    stats::timed(|| copy_inner(src, dst, &o, Some(expected), progress, cancel))
 }
 
 fn validate(opts: &CopyOptions) -> Result<(), CopyError> {

@@ -244,6 +244,8 @@ pub struct Service {
     /// Snapshot copies in flight, by snapshot id: cancel and progress.
     copies: std::sync::Mutex<HashMap<String, (crate::copy::CancelToken, crate::copy::Progress)>>,
     copy_options: crate::copy::CopyOptions,
+    /// Set when shutdown stops copies: their jobs stay unfinished.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Volume type ids derived from names stay the same across restarts.
@@ -314,6 +316,7 @@ impl Service {
             job_delay: std::time::Duration::from_millis(cfg.jobs.debug_delay_ms),
             copies: std::sync::Mutex::new(HashMap::new()),
             copy_options: crate::copy::CopyOptions::default(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
         .with_stored_quota_limits()
     }
@@ -368,6 +371,40 @@ impl Service {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .for_project(project)
+    }
+
+    /// Each backend's name and capacity, for metrics and readiness.
+    pub fn backend_capacities(
+        &self,
+    ) -> Vec<(
+        String,
+        std::result::Result<crate::backend::Capacity, crate::backend::BackendError>,
+    )> {
+        let mut v: Vec<_> = self
+            .backends
+            .iter()
+            .map(|(name, b)| (name.clone(), b.capacity()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Snapshot copies in flight: how many, bytes done and bytes total.
+    pub fn copies_in_flight(&self) -> (usize, u64, u64) {
+        let m = self.copies.lock().unwrap_or_else(|p| p.into_inner());
+        m.values().fold((0, 0, 0), |(n, d, t), (_, p)| {
+            (n + 1, d + p.bytes_done(), t + p.bytes_total())
+        })
+    }
+
+    /// Whether new jobs are still accepted (false once shutdown began).
+    pub fn is_accepting(&self) -> bool {
+        !self.tasks.is_closed()
+    }
+
+    /// Replaces the quota limits (live reload).
+    pub fn set_quota(&self, q: QuotaConfig) {
+        *self.quota.write().unwrap_or_else(|p| p.into_inner()) = q;
     }
 
     pub fn quota(&self, caller: &Caller) -> Result<Quota> {
@@ -886,6 +923,40 @@ impl Service {
     pub async fn drain(&self, limit: std::time::Duration) -> bool {
         self.tasks.close();
         tokio::time::timeout(limit, self.tasks.wait()).await.is_ok()
+    }
+
+    /// Drains for `limit`; then stops snapshot copies between chunks,
+    /// leaving their jobs unfinished so the next start copies again, and
+    /// waits up to `grace` for them. True when no job is left running.
+    pub async fn shutdown(&self, limit: std::time::Duration, grace: std::time::Duration) -> bool {
+        if self.drain(limit).await {
+            return true;
+        }
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let copies: Vec<crate::copy::CancelToken> = self
+            .copies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(t, _)| t.clone())
+            .collect();
+        if copies.is_empty() {
+            return false;
+        }
+        tracing::info!(
+            copies = copies.len(),
+            "drain time is up: stopping snapshot copies"
+        );
+        for t in &copies {
+            t.cancel();
+        }
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+
+    /// Whether shutdown has stopped copies.
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

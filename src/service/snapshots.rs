@@ -437,8 +437,12 @@ impl Service {
             })
             .await
             .unwrap_or_else(|e| Err(format!("job task failed: {e}")));
-        let now = self.now();
         let deleting = matches!(params, JobParams::DeleteSnapshot { .. });
+        if !deleting && self.stopping() && matches!(&out, Err(e) if e == "cancelled") {
+            tracing::info!(job = %job.id, snapshot = %sid, "copy stopped for shutdown; it runs again at the next start");
+            return;
+        }
+        let now = self.now();
         // A snapshot deleted while it was copied ends with its row gone.
         let still_wanted = !deleting
             && self

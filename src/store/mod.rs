@@ -6,6 +6,8 @@ pub mod model;
 mod transfers;
 
 pub use transfers::{Acceptance, Transfer, TransferQuery, TransferQuota, TransferState};
+mod stats;
+pub use stats::{Group, StoreStats};
 
 use model::*;
 use rusqlite::types::Value;

@@ -32,6 +32,10 @@ pub fn config_text(data_dir: &Path, extra: &str) -> String {
         // Daemons started as processes must not all take port 8776.
         s += "[cinder]\nlisten = \"127.0.0.1:0\"\n";
     }
+    if !extra.contains("[metrics]") {
+        // Nor port 9977: the metrics listener is off unless a test asks.
+        s += "[metrics]\nlisten = \"\"\n";
+    }
     s += extra;
     for n in ["a", "b"] {
         let c = cred(n);

@@ -100,6 +100,14 @@ impl Verifier {
         }
     }
 
+    /// A verifier with new keys that still remembers the signatures seen.
+    pub fn rekeyed(&self, creds: &[Credential], window_secs: i64) -> Verifier {
+        let v = Verifier::new(creds, window_secs);
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        *v.seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+        v
+    }
+
     /// Verifies `req` carrying `signature` at `now_ms`; returns the
     /// credential it was signed with.
     pub fn verify(

@@ -63,6 +63,18 @@ impl ScpState {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// Replaces the version table (live reload).
+    pub fn set_versions(&self, table: VersionTable) {
+        *self.versions.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    }
+
+    /// Replaces the credentials and the signature window (live reload);
+    /// signatures already seen stay refused as replays.
+    pub fn set_credentials(&self, creds: &[Credential], window_secs: i64) {
+        let next = Arc::new(self.verifier().rekeyed(creds, window_secs));
+        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = next;
+    }
 }
 
 /// What authentication and negotiation established for a request.
