@@ -140,11 +140,24 @@ impl Daemon {
     }
 
     pub fn scp_app(&self) -> Router {
-        self.dialect("scp", scp::router(self.scp.clone(), self.max_body))
+        self.dialect(
+            "scp",
+            scp::router(self.scp.clone(), self.max_body),
+            scp::openapi::document(),
+        )
     }
 
-    /// What every dialect's router gets: request metrics and request ids.
-    pub fn dialect(&self, name: &'static str, router: Router) -> Router {
+    /// What every dialect's router gets: `GET /openapi.json` with its
+    /// document, request metrics and request ids.
+    pub fn dialect(&self, name: &'static str, router: Router, doc: serde_json::Value) -> Router {
+        let doc = Arc::new(doc);
+        let router = router.route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let d = doc.clone();
+                async move { axum::Json((*d).clone()) }
+            }),
+        );
         self.metrics
             .instrument(name, router)
             .layer(axum::middleware::from_fn(crate::api::request_id))
