@@ -151,18 +151,45 @@ impl Daemon {
     }
 
     pub fn scp_app(&self) -> Router {
-        self.dialect("scp", scp::router(self.scp.clone(), self.max_body))
+        self.dialect(
+            "scp",
+            scp::router(self.scp.clone(), self.max_body),
+            Some(scp::openapi::document()),
+        )
     }
 
-    /// What every dialect's router gets: request metrics and request ids.
-    pub fn dialect(&self, name: &'static str, router: Router) -> Router {
+    /// What every dialect's router gets: `GET /openapi.json` with its
+    /// document, request metrics and request ids.
+    pub fn dialect(
+        &self,
+        name: &'static str,
+        router: Router,
+        doc: Option<serde_json::Value>,
+    ) -> Router {
+        let router = match doc {
+            Some(doc) => {
+                let doc = Arc::new(doc);
+                router.route(
+                    "/openapi.json",
+                    axum::routing::get(move || {
+                        let d = doc.clone();
+                        async move { axum::Json((*d).clone()) }
+                    }),
+                )
+            }
+            None => router,
+        };
         self.metrics
             .instrument(name, router)
             .layer(axum::middleware::from_fn(crate::api::request_id))
     }
 
     pub fn cinder_app(&self) -> Router {
-        self.dialect("cinder", crate::api::cinder::router(self.cinder.clone()))
+        self.dialect(
+            "cinder",
+            crate::api::cinder::router(self.cinder.clone()),
+            None,
+        )
     }
 
     /// The operations listener: `/metrics`, `/healthz`, `/readyz`.

@@ -302,6 +302,14 @@ fn id_of(v: &Value) -> Result<String, Failure> {
         .ok_or_else(|| Failure::unreachable(format!("the answer has no id: {v}")))
 }
 
+/// Sends a DELETE; false when the thing was already absent.
+async fn delete(c: &Client, path: &str) -> Result<bool, Failure> {
+    match c.call(Method::DELETE, path, None).await {
+        Err(f) if f.status == Some(404) => Ok(false),
+        r => r.map(|_| true),
+    }
+}
+
 async fn run_remote(cmd: Command) -> Result<ExitCode, Failure> {
     let conn = conn_of(&cmd).clone();
     let c = Client::new(&conn)?;
@@ -366,13 +374,10 @@ async fn run_remote(cmd: Command) -> Result<ExitCode, Failure> {
                 wait,
             } => {
                 let path = format!("/v1/volumes/{volume_id}?cascade={cascade}");
-                match c.call(Method::DELETE, &path, None).await {
-                    Err(f) if f.status == Some(404) => {
-                        out.done(&volume_id, "absent", false);
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    r => r?,
-                };
+                if !delete(&c, &path).await? {
+                    out.done(&volume_id, "absent", false);
+                    return Ok(ExitCode::SUCCESS);
+                }
                 if wait {
                     wait::volume(&c, &volume_id, wait::Until::Gone, timeout).await?;
                     out.done(&volume_id, "deleted", true);
@@ -413,13 +418,10 @@ async fn run_remote(cmd: Command) -> Result<ExitCode, Failure> {
             }
             SnapshotCommand::Delete { snapshot_id, wait } => {
                 let path = format!("/v1/snapshots/{snapshot_id}");
-                match c.call(Method::DELETE, &path, None).await {
-                    Err(f) if f.status == Some(404) => {
-                        out.done(&snapshot_id, "absent", false);
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    r => r?,
-                };
+                if !delete(&c, &path).await? {
+                    out.done(&snapshot_id, "absent", false);
+                    return Ok(ExitCode::SUCCESS);
+                }
                 if wait {
                     wait::gone(&c, &path, timeout).await?;
                     out.done(&snapshot_id, "deleted", true);

@@ -3,6 +3,7 @@
 //! the one function that turns service errors into SCP error bodies.
 
 pub mod auth;
+pub mod openapi;
 mod transfers;
 pub mod version;
 pub mod views;

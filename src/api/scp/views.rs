@@ -8,7 +8,7 @@ use crate::store::model::{Attachment, Snapshot};
 use serde::Serialize;
 use serde_json::Value;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ServerView {
     pub id: String,
     pub device: String,
@@ -16,7 +16,7 @@ pub struct ServerView {
 }
 
 /// VolumeShowResponse (1.0, 1.1).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct VolumeShow {
     pub bootable: bool,
     pub created_at: String,
@@ -36,7 +36,7 @@ pub struct VolumeShow {
 }
 
 /// VolumeShowResponseV1Dot2 (1.2, 1.3): adds the QoS limits.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct VolumeShowV1Dot2 {
     #[serde(flatten)]
     pub base: VolumeShow,
@@ -99,13 +99,13 @@ pub fn volume_list(items: &[VolumeDetail], count: Option<u64>, ver: ApiVersion) 
     Value::Object(m)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ExtraSpecs {
     /// Cinder's spelling, which this API inherited.
     pub multiattach: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct VolumeTypeView {
     pub id: String,
     pub name: String,
@@ -129,14 +129,14 @@ pub fn volume_type(t: &VolumeType) -> VolumeTypeView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct QuotaItem {
     pub in_use: u64,
     pub limit: u64,
     pub reserved: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct QuotaSet {
     pub id: String,
     pub per_volume_size: QuotaItem,
@@ -162,7 +162,7 @@ pub fn quota_set(project: &str, q: &Quota) -> QuotaSet {
 }
 
 /// The answer to `POST /v1/volumes/{id}/servers`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AttachView {
     pub delete_on_termination: bool,
     pub device: String,
@@ -180,7 +180,7 @@ pub fn attach(a: &Attachment) -> AttachView {
 }
 
 /// A server's view of one attached volume; `id` is the volume id.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ServerVolume {
     pub id: String,
     pub server_id: String,
@@ -200,7 +200,7 @@ pub fn server_volume(a: &Attachment) -> ServerVolume {
 }
 
 /// SnapshotDetailResponse. Metadata goes back as the client sent it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SnapshotDetail {
     pub created_at: String,
     pub description: Option<String>,
