@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod copy;
 pub mod export;
+pub mod keystone;
 pub mod server;
 pub mod service;
 pub mod store;
