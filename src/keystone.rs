@@ -289,13 +289,7 @@ pub struct KeystoneValidator {
 }
 
 fn unreachable(e: reqwest::Error) -> KeystoneError {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(x) = src {
-        s += &format!(": {x}");
-        src = x.source();
-    }
-    KeystoneError::Unreachable(s)
+    KeystoneError::Unreachable(crate::service::reason(&e))
 }
 
 fn token_key(token: &str) -> [u8; 32] {
