@@ -515,6 +515,35 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn cache_is_bounded_and_drops_the_soonest_expiring() {
+        let v = KeystoneValidator::new(KeystoneConfig {
+            service_token: Some("svc".into()),
+            cache_entries: 3,
+            ..Default::default()
+        })
+        .unwrap();
+        let base = parse_token(TOKEN).unwrap();
+        let now = Utc::now();
+        for i in 0..5i64 {
+            let info = TokenInfo {
+                user_id: format!("u{i}"),
+                // The third token expires first.
+                expires_at: now + chrono::Duration::minutes(if i == 2 { 1 } else { 10 + i }),
+                ..base.clone()
+            };
+            v.remember(token_key(&format!("t{i}")), &info);
+            assert!(v.lock_cache().len() <= 3);
+        }
+        let cache = v.lock_cache();
+        let mut users: Vec<_> = cache.values().map(|c| c.info.user_id.clone()).collect();
+        users.sort();
+        assert_eq!(users, ["u1", "u3", "u4"]);
+        // Entries are trusted for cache_secs at most, even if the token lives longer.
+        let c = &cache[&token_key("t4")];
+        assert!(c.until <= now + chrono::Duration::seconds(301));
+    }
+
     #[test]
     fn config_needs_one_kind_of_service_credential() {
         let mut c = KeystoneConfig::default();
