@@ -28,6 +28,9 @@ pub fn cred(n: &str) -> Credential {
 /// Config text with two projects' credentials and `extra` appended.
 pub fn config_text(data_dir: &Path, extra: &str) -> String {
     let mut s = format!("data_dir = {:?}\n", data_dir.display().to_string());
+    // Top-level keys in `extra` must come before any table.
+    s += extra;
+    s += "\n";
     if !extra.contains("[cinder]") {
         // Daemons started as processes must not all take port 8776.
         s += "[cinder]\nlisten = \"127.0.0.1:0\"\n";
@@ -36,7 +39,6 @@ pub fn config_text(data_dir: &Path, extra: &str) -> String {
         // Nor port 9977: the metrics listener is off unless a test asks.
         s += "[metrics]\nlisten = \"\"\n";
     }
-    s += extra;
     for n in ["a", "b"] {
         let c = cred(n);
         s += &format!(
