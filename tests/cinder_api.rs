@@ -1300,6 +1300,10 @@ async fn snapshots_types_quotas_and_zones() {
         .await
         .body;
     assert_eq!(l["snapshots"].as_array().unwrap().len(), 1);
+    let l = c.get("/snapshots/detail?status=available").await.body;
+    assert_eq!(l["snapshots"].as_array().unwrap().len(), 1);
+    let l = c.get("/snapshots?status=error").await.body;
+    assert_eq!(l["snapshots"].as_array().unwrap().len(), 0);
     assert_eq!(
         member_b(&d).get("/snapshots/detail").await.body["snapshots"],
         json!([])
@@ -1507,4 +1511,55 @@ async fn one_volume_is_one_volume_in_both_dialects() {
     );
     scp.wait(&sid, &[]).await;
     assert!(!d.volume_path(&sid).exists());
+}
+
+#[tokio::test]
+async fn noauth_tokens_are_user_and_project() {
+    let d = TestDaemon::start().await;
+    let c = Cinder::new(d.cinder_addr, "alice:demo", "demo");
+    let v = c.create(json!({"size": 1, "name": "na"})).await;
+    assert_eq!(v["user_id"], "alice");
+    assert_eq!(v["os-vol-tenant-attr:tenant_id"], "demo");
+    let other = Cinder::new(d.cinder_addr, "bob:elsewhere", "elsewhere");
+    assert_eq!(other.get("/volumes").await.body["volumes"], json!([]));
+    // noauth callers are admins, as in Cinder: all_tenants shows both.
+    let l = other.get("/volumes?all_tenants=True").await.body;
+    assert_eq!(l["volumes"].as_array().unwrap().len(), 1);
+    let bad = Cinder::new(d.cinder_addr, "a b:c", "demo");
+    expect_fault(&bad.get("/volumes").await, 401, "unauthorized");
+}
+
+#[test]
+fn start_up_refuses_noauth_off_loopback_and_keystone_without_a_validator() {
+    let dir = tempfile::Builder::new()
+        .prefix("blockd-test")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    for (cinder, want) in [
+        ("listen = \"0.0.0.0:0\"\n", "loopback"),
+        (
+            "listen = \"127.0.0.1:0\"\nauth = \"keystone\"\n",
+            "Keystone",
+        ),
+    ] {
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {:?}\n[scp]\nlisten = \"127.0.0.1:0\"\n[cinder]\n{cinder}",
+                dir.path().join("data").display().to_string()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_blockd"))
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cinder}: started");
+        assert!(
+            err.contains(want) && err.contains("cinder.auth"),
+            "{cinder}: {err}"
+        );
+    }
 }

@@ -841,6 +841,7 @@ impl Store {
                 ("project_id", &q.project_id),
                 ("volume_id", &q.volume_id),
                 ("name", &q.name),
+                ("status", &q.status),
             ] {
                 if let Some(v) = v {
                     args.push(Value::Text(v.clone()));

@@ -160,6 +160,7 @@ pub struct SnapshotQuery {
     pub project_id: Option<String>,
     pub volume_id: Option<String>,
     pub name: Option<String>,
+    pub status: Option<String>,
     pub sort: Vec<(VolumeSortKey, SortDir)>,
     pub limit: u32,
     pub offset: u64,
