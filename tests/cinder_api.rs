@@ -692,6 +692,55 @@ async fn lists_filter_sort_and_page() {
         .await
         .body;
     assert_eq!(l["volumes"].as_array().unwrap().len(), 3, "{l}");
+    let n = |l: &Value| l["volumes"].as_array().unwrap().len();
+    let c34 = c.clone().mv("3.34");
+    assert_eq!(n(&c34.get("/volumes?name~=3").await.body), 1);
+    assert_eq!(n(&c34.get("/volumes?name~=v").await.body), 5);
+    assert_eq!(n(&c34.get("/volumes?status~=avail").await.body), 5);
+    assert_eq!(n(&c34.get("/volumes?name~=%25").await.body), 0);
+    assert_eq!(
+        n(&c.clone().mv("3.33").get("/volumes?name~=3").await.body),
+        5
+    );
+    assert_eq!(n(&c.get("/volumes?size=3").await.body), 1);
+    assert_eq!(n(&c.get("/volumes?availability_zone=mars").await.body), 0);
+    assert_eq!(n(&c.get("/volumes?availability_zone=nova").await.body), 5);
+    expect_fault(&c.get("/volumes?size=big").await, 400, "badRequest");
+    let c60 = c.clone().mv("3.60");
+    assert_eq!(
+        n(&c60
+            .get("/volumes?created_at=gt:2000-01-01T00:00:00")
+            .await
+            .body),
+        5
+    );
+    assert_eq!(
+        n(&c60
+            .get("/volumes?created_at=lt:2000-01-01T00:00:00Z")
+            .await
+            .body),
+        0
+    );
+    assert_eq!(
+        n(&c60
+            .get("/volumes?updated_at=lte:2999-01-01T00:00:00")
+            .await
+            .body),
+        5
+    );
+    assert_eq!(
+        n(&c.clone()
+            .mv("3.59")
+            .get("/volumes?created_at=lt:2000-01-01T00:00:00")
+            .await
+            .body),
+        5
+    );
+    expect_fault(
+        &c60.get("/volumes?created_at=soon").await,
+        400,
+        "badRequest",
+    );
     // Sorted by size ascending, two per page, following volumes_links.
     let mut seen = Vec::new();
     let mut url = c.url("/volumes?sort=size:asc&limit=2");

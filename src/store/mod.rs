@@ -1115,6 +1115,35 @@ impl Store {
                 args.push(Value::Integer(b as i64));
                 filter += &format!(" AND bootable = ?{}", args.len());
             }
+            for cond in &q.conditions {
+                let value = match cond.op {
+                    CmpOp::Contains => {
+                        let esc = cond
+                            .value
+                            .replace('\\', "\\\\")
+                            .replace('%', "\\%")
+                            .replace('_', "\\_");
+                        Value::Text(format!("%{esc}%"))
+                    }
+                    _ if cond.key == VolumeSortKey::Size => match cond.value.parse::<i64>() {
+                        Ok(n) => Value::Integer(n),
+                        Err(_) => Value::Text(cond.value.clone()),
+                    },
+                    _ => Value::Text(cond.value.clone()),
+                };
+                args.push(value);
+                let escape = if cond.op == CmpOp::Contains {
+                    " ESCAPE '\\'"
+                } else {
+                    ""
+                };
+                filter += &format!(
+                    " AND {} {} ?{}{escape}",
+                    cond.key.column(),
+                    cond.op.sql(),
+                    args.len()
+                );
+            }
             for t in &q.tags {
                 args.push(Value::Text(t.key.clone()));
                 args.push(Value::Text(t.value.clone().unwrap_or_default()));

@@ -234,6 +234,40 @@ impl VolumeSortKey {
     }
 }
 
+/// A comparison on a volume column, e.g. `created_at > t` or `name`
+/// containing a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub key: VolumeSortKey,
+    pub op: CmpOp,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Contains,
+}
+
+impl CmpOp {
+    pub(crate) fn sql(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "=",
+            CmpOp::Ne => "<>",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Contains => "LIKE",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SortDir {
     Asc,
@@ -250,6 +284,8 @@ pub struct VolumeQuery {
     pub bootable: Option<bool>,
     /// Volumes carrying every one of these tags (a missing value matches "").
     pub tags: Vec<Tag>,
+    /// Comparisons every volume must pass.
+    pub conditions: Vec<Condition>,
     pub sort: Vec<(VolumeSortKey, SortDir)>,
     pub limit: u32,
     pub offset: u64,
@@ -265,6 +301,7 @@ impl Default for VolumeQuery {
             state: None,
             bootable: None,
             tags: Vec::new(),
+            conditions: Vec::new(),
             sort: vec![(VolumeSortKey::CreatedAt, SortDir::Desc)],
             limit: 20,
             offset: 0,
