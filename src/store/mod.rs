@@ -1401,8 +1401,10 @@ impl Store {
         })
     }
 
-    pub fn set_quota_limits(&self, project: &str, limits: &[(&str, u64)]) -> Result<()> {
+    /// Stores a project's limits with the finished job that records it.
+    pub fn set_quota_limits(&self, project: &str, limits: &[(&str, u64)], job: &Job) -> Result<()> {
         self.write(|tx| {
+            insert_job(tx, job)?;
             for (res, limit) in limits {
                 tx.execute(
                     "INSERT OR REPLACE INTO quota_limits (project_id, resource, hard_limit) VALUES (?1, ?2, ?3)",

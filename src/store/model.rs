@@ -88,6 +88,7 @@ string_enum!(
         CreateSnapshot => "create_snapshot",
         DeleteSnapshot => "delete_snapshot",
         RevertVolume => "revert_volume",
+        SetQuota => "set_quota",
     }
 );
 
