@@ -57,19 +57,28 @@ run qemu-img qemu-img convert -W -m 16 -O raw "$SRC" "$SCRATCH/dst"
 run cp cp --sparse=always "$SRC" "$SCRATCH/dst"
 run dd dd if="$SRC" of="$SCRATCH/dst" bs=1M conv=sparse status=none
 
-# Disk ceiling: one 1 MiB direct read job and one write job at once.
+# Disk ceiling: one 1 MiB direct read job and one direct overwrite job at
+# once (files laid out first, so ext4 allocation is not measured), three
+# timed runs of 8 s each; the median of min(read, write) counts.
 FIO_MBS=""
 if command -v fio >/dev/null; then
-    drop
-    fio --output-format=terse --terse-version=3 --directory="$SCRATCH" --size=2g --bs=1m \
-        --direct=1 --ioengine=io_uring --iodepth=32 --group_reporting=0 \
-        --name=r --rw=read --name=w --rw=write > "$SCRATCH/fio.out"
-    # terse v3: field 7 read KiB/s of job r, field 48 write KiB/s of job w.
-    R=$(awk -F';' 'NR==1{print $7}' "$SCRATCH/fio.out")
-    W=$(awk -F';' 'NR==2{print $48}' "$SCRATCH/fio.out")
-    FIO_MBS=$(echo "if ($R < $W) $R*1024/1000000 else $W*1024/1000000" | bc -l)
-    printf "fio ceiling: read %.0f MB/s, write %.0f MB/s concurrently -> %.0f MB/s\n" \
-        "$(echo "$R*1024/1000000" | bc -l)" "$(echo "$W*1024/1000000" | bc -l)" "$FIO_MBS"
+    runs=()
+    for k in 1 2 3; do
+        drop
+        fio --output-format=terse --terse-version=3 --directory="$SCRATCH" --size=2g --bs=1m \
+            --direct=1 --ioengine=io_uring --iodepth=32 --group_reporting=0 \
+            --time_based --runtime=8 --ramp_time=1 \
+            --name=r --rw=read --name=w --rw=write --overwrite=1 > "$SCRATCH/fio.out"
+        # terse v3: field 7 read KiB/s of job r, field 48 write KiB/s of job w.
+        R=$(awk -F';' 'NR==1{print $7}' "$SCRATCH/fio.out")
+        W=$(awk -F';' 'NR==2{print $48}' "$SCRATCH/fio.out")
+        M=$(echo "if ($R < $W) $R*1024/1000000 else $W*1024/1000000" | bc -l)
+        printf "fio run %d: read %.0f MB/s, write %.0f MB/s concurrently -> %.0f MB/s\n" "$k" \
+            "$(echo "$R*1024/1000000" | bc -l)" "$(echo "$W*1024/1000000" | bc -l)" "$M"
+        runs+=("$M")
+    done
+    FIO_MBS=$(printf "%s\n" "${runs[@]}" | sort -g | sed -n 2p)
+    printf "fio ceiling (median of 3): %.0f MB/s\n" "$FIO_MBS"
 else
     echo "!!! fio missing: apt-get update -qq && apt-get install -y -qq fio !!!"
 fi

@@ -147,6 +147,13 @@ pub struct VolumeTypeConfig {
     pub provisioning: Provisioning,
     #[serde(default)]
     pub multiattach: bool,
+    /// Snapshot copies share extents (FICLONE) where the filesystem can.
+    #[serde(default = "yes")]
+    pub reflink: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -256,6 +263,7 @@ fn default_volume_types() -> Vec<VolumeTypeConfig> {
         description: description.into(),
         provisioning,
         multiattach: false,
+        reflink: true,
     };
     vec![
         t("SSD", "Sparse volume on fast storage", Provisioning::Sparse),

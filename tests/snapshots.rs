@@ -405,3 +405,164 @@ async fn loop_in_use_snapshot_needs_force() {
     assert_eq!(r.status, StatusCode::ACCEPTED);
     c.wait(&vol, &["available"]).await;
 }
+
+/// Writes `len` bytes of seeded data at offset 0 and returns its blake3.
+fn fill_volume(path: &Path, len: u64, seed: u8) -> blake3::Hash {
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let chunk: Vec<u8> = (0..MIB as usize)
+        .map(|j| (j as u8).wrapping_mul(7).wrapping_add(seed))
+        .collect();
+    for _ in 0..len / MIB {
+        f.write_all(&chunk).unwrap();
+    }
+    f.sync_all().unwrap();
+    head_hash(path, len)
+}
+
+/// blake3 of the first `len` bytes of a file.
+fn head_hash(path: &Path, len: u64) -> blake3::Hash {
+    blake3::hash(&read_at(path, 0, len as usize))
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn free_bytes(p: &Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(p).unwrap();
+    s.blocks_available() as u64 * s.fragment_size() as u64
+}
+
+#[tokio::test]
+async fn loop_enospc_mid_copy_errors_frees_space_and_keeps_the_source() {
+    let d = match TestDaemon::start_on_small_fs(200 * MIB).await {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("SKIPPING enospc snapshot test: cannot mount a small filesystem: {why}");
+            return;
+        }
+    };
+    let c = d.client("a");
+    let v = c.create("big", 8, None).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    c.wait(&id, &["available"]).await;
+    let path = d.volume_path(&id);
+    let before = fill_volume(&path, 120 * MIB, 3);
+    let data = d.dir.path().join("data");
+    let free = free_bytes(&data);
+    assert!(
+        free < 120 * MIB,
+        "the filesystem has room for a copy: {free}"
+    );
+
+    let a = c
+        .call(
+            Method::POST,
+            "/v1/snapshots",
+            Some(json!({"name": "too-big", "volume_id": id})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let sid = a.body["id"].as_str().unwrap().to_string();
+    let s = wait_snapshot(&c, &sid, &["error", "available"]).await;
+    assert_eq!(s["status"], "error", "{s}");
+    let native = c.get(&format!("/blockd/v1/snapshots/{sid}")).await;
+    let why = native.body["error_reason"].as_str().unwrap_or("");
+    assert!(
+        why.contains("space"),
+        "reason names the lack of space: {why}"
+    );
+
+    assert_eq!(leftovers(&data.join("snapshots")), Vec::<String>::new());
+    let after_free = free_bytes(&data);
+    assert!(
+        after_free + 4 * MIB >= free,
+        "space was not freed: {free} before, {after_free} after"
+    );
+    assert_eq!(head_hash(&path, 120 * MIB), before);
+    c.wait(&id, &["available"]).await;
+
+    // The errored snapshot can be deleted, and the volume still works.
+    let del = c
+        .call(Method::DELETE, &format!("/v1/snapshots/{sid}"), None)
+        .await;
+    assert!(del.status.is_success(), "{}", del.text);
+    wait_snapshot(&c, &sid, &[]).await;
+}
+
+#[tokio::test]
+async fn deleting_a_snapshot_mid_copy_cancels_it_and_leaves_nothing() {
+    let d = TestDaemon::start().await;
+    let c = d.client("a");
+    let v = c.create("src", 8, None).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    c.wait(&id, &["available"]).await;
+    let before = fill_volume(&d.volume_path(&id), 1024 * MIB, 9);
+
+    let a = c
+        .call(
+            Method::POST,
+            "/v1/snapshots",
+            Some(json!({"name": "short-lived", "volume_id": id})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let sid = a.body["id"].as_str().unwrap().to_string();
+
+    // Wait until the copy is under way, then delete.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (done, total) = loop {
+        let n = c.get(&format!("/blockd/v1/snapshots/{sid}")).await;
+        let p = &n.body["progress"];
+        if let (Some(done), Some(total)) = (p["bytes_done"].as_u64(), p["bytes_total"].as_u64())
+            && done > 0
+        {
+            break (done, total);
+        }
+        assert_ne!(
+            n.body["status"], "available",
+            "copy ended before it was seen"
+        );
+        assert!(Instant::now() < deadline, "copy never started: {}", n.text);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let del = c
+        .call(Method::DELETE, &format!("/v1/snapshots/{sid}"), None)
+        .await;
+    assert!(del.status.is_success(), "{}", del.text);
+    wait_snapshot(&c, &sid, &[]).await;
+
+    let snaps = d.dir.path().join("data/snapshots");
+    assert_eq!(leftovers(&snaps), Vec::<String>::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let copy_job = loop {
+        let jobs = c.get(&format!("/blockd/v1/volumes/{id}")).await.body["jobs"].clone();
+        let j = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["kind"] == "create_snapshot")
+            .cloned()
+            .unwrap_or(Value::Null);
+        if matches!(j["state"].as_str(), Some("succeeded" | "failed")) {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "the copy job never ended: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if done * 2 < total {
+        assert_eq!(copy_job["state"], "failed", "{copy_job}");
+        let err = copy_job["error"].as_str().unwrap_or("");
+        assert!(err.contains("deleted"), "{copy_job}");
+    }
+    eprintln!("deleted at {done} of {total} bytes; copy job {copy_job}");
+    assert_eq!(head_hash(&d.volume_path(&id), 1024 * MIB), before);
+    let q = c.get("/v1/volumes/quota-sets").await;
+    assert!(q.status.is_success(), "{}", q.text);
+}

@@ -335,28 +335,13 @@ impl Drop for MountGuard {
 fn enospc_is_nospace() {
     for e in [EnginePreference::Uring, EnginePreference::Fallback] {
         let d = dir();
-        let img = d.path().join("img");
-        let mnt = d.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        File::create(&img).unwrap().set_len(64 * MIB).unwrap();
-        let ok = std::process::Command::new("mkfs.ext4")
-            .arg("-q")
-            .arg(&img)
-            .status();
-        if !matches!(ok, Ok(s) if s.success()) {
-            eprintln!("SKIPPING enospc test: mkfs.ext4 failed: {ok:?}");
-            return;
-        }
-        let st = std::process::Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&mnt)
-            .status();
-        if !matches!(st, Ok(s) if s.success()) {
-            eprintln!("SKIPPING enospc test: mount -o loop failed: {st:?}");
-            return;
-        }
-        let _g = MountGuard(mnt.clone());
+        let (mnt, _g) = match mount_fresh(d.path(), "mkfs.ext4", 64 * MIB) {
+            Ok(m) => m,
+            Err(why) => {
+                eprintln!("SKIPPING enospc test: {why}");
+                return;
+            }
+        };
         let src = d.path().join("src");
         make(&src, 128 * MIB, &[(0, 128 * MIB)]);
         let err = copy(
@@ -369,4 +354,93 @@ fn enospc_is_nospace() {
         .unwrap_err();
         assert_eq!(err.kind(), CopyErrorKind::NoSpace, "{e:?}: {err}");
     }
+}
+
+/// Free bytes of the filesystem holding `p`.
+fn free_bytes(p: &Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(p).unwrap();
+    s.blocks_available() as u64 * s.fragment_size() as u64
+}
+
+/// Mounts a fresh filesystem made by `mkfs` in a sparse image under `d`,
+/// or says why it cannot.
+fn mount_fresh(d: &Path, mkfs: &str, size: u64) -> Result<(PathBuf, MountGuard), String> {
+    let img = d.join("fs.img");
+    let mnt = d.join("mnt");
+    std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+    File::create(&img)
+        .and_then(|f| f.set_len(size))
+        .map_err(|e| e.to_string())?;
+    match std::process::Command::new(mkfs)
+        .arg("-q")
+        .arg(&img)
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        other => return Err(format!("{mkfs} failed: {other:?}")),
+    }
+    match std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&mnt)
+        .status()
+    {
+        Ok(s) if s.success() => Ok((mnt.clone(), MountGuard(mnt))),
+        other => Err(format!("mount -o loop failed: {other:?}")),
+    }
+}
+
+#[test]
+fn loop_reflink_on_xfs_shares_extents_and_still_hashes() {
+    let d = dir();
+    let (mnt, _g) = match mount_fresh(d.path(), "mkfs.xfs", 512 * MIB) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("SKIPPING reflink test: {why} (install xfsprogs; needs root)");
+            return;
+        }
+    };
+    let src = mnt.join("s");
+    make(&src, 256 * MIB, &[(0, 32 * MIB), (100 * MIB, 116 * MIB)]);
+    let before = free_bytes(&mnt);
+    let dst = mnt.join("d");
+    let r = copy(
+        &src,
+        &dst,
+        &CopyOptions {
+            reflink: true,
+            ..CopyOptions::default()
+        },
+        &Progress::new(),
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert!(
+        r.reflinked,
+        "XFS supports FICLONE, the copy should share extents"
+    );
+    assert_eq!(r.manifest.unwrap().chunks(), &ref_manifest(&src)[..]);
+    assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+    let used = before.saturating_sub(free_bytes(&mnt));
+    assert!(
+        used < 4 * MIB,
+        "a reflink copy of 48 MiB of data used {used} bytes"
+    );
+    // The same copy with reflink off takes real space.
+    let plain = mnt.join("p");
+    let before = free_bytes(&mnt);
+    let r = copy(
+        &src,
+        &plain,
+        &CopyOptions {
+            reflink: false,
+            ..CopyOptions::default()
+        },
+        &Progress::new(),
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert!(!r.reflinked);
+    let used = before.saturating_sub(free_bytes(&mnt));
+    assert!(used >= 40 * MIB, "a plain copy used only {used} bytes");
 }

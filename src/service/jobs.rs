@@ -116,7 +116,7 @@ impl Service {
                     error_reason: Some(e.clone()),
                 }
             }
-            (JobParams::Update, _) => VolumeEffect::Nothing,
+            (JobParams::Update | JobParams::Transfer { .. }, _) => VolumeEffect::Nothing,
             (JobParams::Snapshot { .. } | JobParams::DeleteSnapshot { .. }, _) => {
                 VolumeEffect::Nothing
             }
@@ -245,7 +245,7 @@ impl Service {
                 Ok(())
             }
             JobParams::Delete => backend.delete(id).map(|_| ()).map_err(|e| err(&e)),
-            JobParams::Update => Ok(()),
+            JobParams::Update | JobParams::Transfer { .. } => Ok(()),
             JobParams::Attach { .. } => {
                 let v = self.store.get_volume(None, id).map_err(|e| err(&e))?;
                 self.ensure_export(&v, backend)

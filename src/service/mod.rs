@@ -7,8 +7,10 @@
 mod extras;
 mod jobs;
 mod snapshots;
+mod transfers;
 
 pub use snapshots::CreateSnapshot;
+pub use transfers::{CreateTransfer, NewTransfer};
 
 use crate::backend::{BackendError, Location, VolumeBackend};
 use crate::clock::{SharedClock, format_ts};
@@ -150,6 +152,7 @@ pub struct VolumeType {
     pub description: String,
     pub provisioning: Provisioning,
     pub multiattach: bool,
+    pub reflink: bool,
     pub backend: String,
 }
 
@@ -219,6 +222,10 @@ pub(crate) enum JobParams {
     },
     Detach {
         server_id: String,
+    },
+    /// Offer, accept or cancel of a transfer; finished when recorded.
+    Transfer {
+        transfer_id: String,
     },
 }
 
@@ -290,6 +297,7 @@ impl Service {
                 description: t.description.clone(),
                 provisioning: t.provisioning,
                 multiattach: t.multiattach,
+                reflink: t.reflink,
                 backend: "file".to_string(),
             })
             .collect();

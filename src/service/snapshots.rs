@@ -336,21 +336,24 @@ impl Service {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(snap_id.to_string(), (cancel.clone(), progress.clone()));
-        let result = copy::copy(&src, &tmp, &self.copy_options, &progress, &cancel);
+        let opts = copy::CopyOptions {
+            reflink: self.copy_options.reflink
+                && self.volume_type(&v.volume_type).is_none_or(|t| t.reflink),
+            ..self.copy_options.clone()
+        };
+        let result = copy::copy(&src, &tmp, &opts, &progress, &cancel);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        // Leaving the map tells a waiting delete that the copy has stopped.
         self.copies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(snap_id);
-        let report = match result {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(match e.kind() {
-                    CopyErrorKind::Cancelled => "cancelled".to_string(),
-                    _ => reason(&e),
-                });
-            }
-        };
+        let report = result.map_err(|e| match e.kind() {
+            CopyErrorKind::Cancelled => "cancelled".to_string(),
+            _ => reason(&e),
+        })?;
         let manifest = report
             .manifest
             .ok_or_else(|| "the copy produced no manifest".to_string())?;
@@ -366,6 +369,7 @@ impl Service {
             snapshot = %snap_id,
             bytes = report.bytes_copied,
             engine = ?report.engine,
+            reflinked = report.reflinked,
             "snapshot copied"
         );
         Ok(manifest.checksum_hex())
@@ -422,9 +426,7 @@ impl Service {
                         .snapshot_copy(&snapshot_id, &v, backend.as_ref())
                         .map(Some),
                     JobParams::DeleteSnapshot { snapshot_id } => {
-                        if let Some(t) = svc.cancel_token(&snapshot_id) {
-                            t.cancel();
-                        }
+                        svc.stop_copy(&snapshot_id);
                         backend
                             .delete_snapshot(&snapshot_id)
                             .map(|_| None)
@@ -501,6 +503,23 @@ impl Service {
             (Ok(()), None) => {
                 tracing::info!(job = %job.id, snapshot = %sid, "snapshot job succeeded")
             }
+        }
+    }
+
+    /// Cancels a running copy into `snapshot_id` and waits (bounded) until
+    /// it has stopped and removed its temp file.
+    fn stop_copy(&self, snapshot_id: &str) {
+        let Some(t) = self.cancel_token(snapshot_id) else {
+            return;
+        };
+        t.cancel();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.cancel_token(snapshot_id).is_some() {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!(snapshot = %snapshot_id, "copy did not stop within 60 s of its cancel");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 

@@ -3,6 +3,9 @@
 //! each call that changes state runs in one transaction.
 
 pub mod model;
+mod transfers;
+
+pub use transfers::{Acceptance, Transfer, TransferQuery, TransferQuota, TransferState};
 
 use model::*;
 use rusqlite::types::Value;
@@ -255,7 +258,27 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX attachments_server ON attachments(server_id);
     "#,
-    // 3: per-volume admin metadata (readonly, attach mode), and quota
+    // 3: volume transfers between projects.
+    r#"
+    CREATE TABLE transfers (
+        id TEXT PRIMARY KEY,
+        volume_id TEXT NOT NULL,
+        project_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        name TEXT,
+        salt TEXT NOT NULL,
+        key_hash TEXT NOT NULL,
+        no_snapshots INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        destination_project_id TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX transfers_project_created ON transfers(project_id, created_at, id);
+    CREATE INDEX transfers_pending_created ON transfers(created_at, id) WHERE state = 'pending';
+    CREATE UNIQUE INDEX transfers_pending_volume ON transfers(volume_id) WHERE state = 'pending';
+    "#,
+    // 4: per-volume admin metadata (readonly, attach mode), and quota
     // limits set through the API.
     r#"
     CREATE TABLE volume_admin_metadata (
@@ -274,8 +297,15 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 pub struct Store {
+    /// The one writer; reads fall back to it when there are no readers.
     conn: Mutex<Connection>,
+    /// Read-only connections, so reads do not wait behind a commit's fsync.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
 }
+
+/// Read connections opened beside the writer.
+const READERS: usize = 4;
 
 const VOLUME_COLS: &str = "id, project_id, user_id, name, description, size_gib, volume_type_id, \
     volume_type, state, bootable, encrypted, multiattach, snapshot_id, source_volid, max_iops, \
@@ -484,7 +514,17 @@ impl Store {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path)?;
-        Store::init(conn)
+        let mut store = Store::init(conn)?;
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            r.busy_timeout(std::time::Duration::from_secs(5))?;
+            store.readers.push(Mutex::new(r));
+        }
+        Ok(store)
     }
 
     /// Opens an existing database for reading only (operator tools beside
@@ -504,6 +544,8 @@ impl Store {
         }
         Ok(Store {
             conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -532,6 +574,8 @@ impl Store {
         }
         Ok(Store {
             conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -539,6 +583,27 @@ impl Store {
         // A poisoned lock only means another caller panicked mid-call; SQLite
         // rolled its transaction back, so the connection is still sound.
         let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut c)
+    }
+
+    /// Runs a query on a free read connection (each sees every commit made
+    /// before it starts), or on the writer when there are none.
+    fn read<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        if self.readers.is_empty() {
+            return self.with(f);
+        }
+        let n = self.readers.len();
+        let start = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(mut c) = self.readers[(start + i) % n].try_lock() {
+                return f(&mut c);
+            }
+        }
+        let mut c = self.readers[start % n]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         f(&mut c)
     }
 
@@ -610,11 +675,11 @@ impl Store {
     }
 
     pub fn get_volume(&self, project: Option<&str>, id: &str) -> Result<Volume> {
-        self.with(|c| get_volume_in(c, project, id))
+        self.read(|c| get_volume_in(c, project, id))
     }
 
     pub fn volume_tags(&self, id: &str) -> Result<Vec<Tag>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT key, value FROM volume_tags WHERE volume_id = ?1 ORDER BY key",
             )?;
@@ -629,7 +694,7 @@ impl Store {
     }
 
     pub fn attachments(&self, volume_id: &str) -> Result<Vec<Attachment>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {ATTACHMENT_COLS} FROM attachments WHERE volume_id = ?1 ORDER BY attached_at, id"
             ))?;
@@ -644,7 +709,7 @@ impl Store {
         project: Option<&str>,
         server_id: &str,
     ) -> Result<Vec<Attachment>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT a.id, a.volume_id, a.server_id, a.device, a.attached_at, a.delete_on_termination \
                  FROM attachments a JOIN volumes v ON v.id = a.volume_id \
@@ -809,11 +874,11 @@ impl Store {
     }
 
     pub fn get_snapshot(&self, project: Option<&str>, id: &str) -> Result<Snapshot> {
-        self.with(|c| get_snapshot_in(c, project, id))
+        self.read(|c| get_snapshot_in(c, project, id))
     }
 
     pub fn snapshots_of(&self, volume_id: &str) -> Result<Vec<Snapshot>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {SNAPSHOT_COLS} FROM snapshots WHERE volume_id = ?1 ORDER BY created_at, id"
             ))?;
@@ -823,7 +888,7 @@ impl Store {
     }
 
     pub fn snapshots_in_status(&self, status: SnapshotStatus) -> Result<Vec<Snapshot>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare(&format!(
                 "SELECT {SNAPSHOT_COLS} FROM snapshots WHERE status = ?1"
             ))?;
@@ -834,7 +899,7 @@ impl Store {
 
     /// One page of snapshots, newest first unless sorted otherwise.
     pub fn list_snapshots(&self, q: &SnapshotQuery) -> Result<Page<Snapshot>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut filter = String::from(" WHERE 1=1");
             let mut args: Vec<Value> = Vec::new();
             for (col, v) in [
@@ -1050,7 +1115,7 @@ impl Store {
     }
 
     pub fn export(&self, volume_id: &str) -> Result<Option<Export>> {
-        self.with(|c| {
+        self.read(|c| {
             Ok(c.query_row(
                 "SELECT volume_id, kind, host_path, created_at FROM exports WHERE volume_id = ?1",
                 [volume_id],
@@ -1068,7 +1133,7 @@ impl Store {
     }
 
     pub fn all_exports(&self) -> Result<Vec<Export>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare("SELECT volume_id, kind, host_path, created_at FROM exports")?;
             let rows = st.query_map([], |r| {
                 Ok(Export {
@@ -1084,7 +1149,7 @@ impl Store {
 
     /// Volumes that have at least one attachment.
     pub fn attached_volumes(&self) -> Result<Vec<Volume>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare(&format!(
                 "SELECT {VOLUME_COLS} FROM volumes WHERE id IN (SELECT volume_id FROM attachments)"
             ))?;
@@ -1096,7 +1161,7 @@ impl Store {
     /// One page of volumes. Ordering always ends with `id`, so a marker
     /// names an exact position; the page is found through an index seek.
     pub fn list_volumes(&self, q: &VolumeQuery) -> Result<Page<Volume>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut filter = String::from(" WHERE 1=1");
             let mut args: Vec<Value> = Vec::new();
             if let Some(p) = &q.project_id {
@@ -1416,7 +1481,7 @@ impl Store {
     }
 
     pub fn get_job(&self, id: &str) -> Result<Job> {
-        self.with(|c| {
+        self.read(|c| {
             c.query_row(
                 &format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"),
                 [id],
@@ -1429,7 +1494,7 @@ impl Store {
 
     /// Jobs of one volume, newest first.
     pub fn jobs_for_volume(&self, volume_id: &str, limit: u32) -> Result<Vec<Job>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {JOB_COLS} FROM jobs WHERE volume_id = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2"
             ))?;
@@ -1440,7 +1505,7 @@ impl Store {
 
     /// Jobs not yet in a terminal state, oldest first.
     pub fn unfinished_jobs(&self) -> Result<Vec<Job>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare(&format!(
                 "SELECT {JOB_COLS} FROM jobs WHERE state IN ('pending', 'running') ORDER BY created_at, id"
             ))?;
@@ -1451,7 +1516,7 @@ impl Store {
 
     /// Volumes whose state is transitional, whatever their jobs say.
     pub fn volumes_in_transition(&self) -> Result<Vec<Volume>> {
-        self.with(|c| {
+        self.read(|c| {
             let states: Vec<String> = VolumeState::ALL
                 .iter()
                 .filter(|s| s.is_transitional())
@@ -1467,7 +1532,7 @@ impl Store {
     }
 
     pub fn all_volume_ids(&self) -> Result<Vec<String>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare("SELECT id FROM volumes")?;
             let rows = st.query_map([], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -1475,7 +1540,7 @@ impl Store {
     }
 
     pub fn usage(&self, project: &str) -> Result<Usage> {
-        self.with(|c| Ok(usage_in(c, project)?))
+        self.read(|c| Ok(usage_in(c, project)?))
     }
 }
 
@@ -1551,7 +1616,7 @@ fn sort_value(v: &Volume, k: VolumeSortKey) -> Value {
 mod tests {
     use super::*;
 
-    fn vol(id: &str, project: &str, name: &str, size: u64, created: &str) -> Volume {
+    pub(super) fn vol(id: &str, project: &str, name: &str, size: u64, created: &str) -> Volume {
         Volume {
             id: id.into(),
             project_id: project.into(),
@@ -1576,7 +1641,7 @@ mod tests {
         }
     }
 
-    fn job(id: &str, vol: &str) -> Job {
+    pub(super) fn job(id: &str, vol: &str) -> Job {
         Job {
             id: id.into(),
             kind: JobKind::CreateVolume,
@@ -1590,14 +1655,14 @@ mod tests {
         }
     }
 
-    const BIG: QuotaCheck = QuotaCheck {
+    pub(super) const BIG: QuotaCheck = QuotaCheck {
         volumes_limit: 1000,
         gigabytes_limit: 100000,
         add_volumes: 1,
         add_gigabytes: 8,
     };
 
-    fn store() -> (tempfile::TempDir, Store) {
+    pub(super) fn store() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(&d.path().join("db")).unwrap();
         (d, s)

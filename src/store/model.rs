@@ -88,6 +88,9 @@ string_enum!(
         CreateSnapshot => "create_snapshot",
         DeleteSnapshot => "delete_snapshot",
         RevertVolume => "revert_volume",
+        CreateTransfer => "create_transfer",
+        AcceptTransfer => "accept_transfer",
+        DeleteTransfer => "delete_transfer",
         SetQuota => "set_quota",
     }
 );

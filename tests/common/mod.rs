@@ -52,6 +52,8 @@ pub struct TestDaemon {
     pub clock: SharedClock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     keep_devices: bool,
+    /// A filesystem mounted at the data dir, unmounted on drop.
+    mount: Option<PathBuf>,
 }
 
 impl TestDaemon {
@@ -118,7 +120,38 @@ impl TestDaemon {
             clock,
             stop: Some(tx),
             keep_devices: false,
+            mount: None,
         }
+    }
+
+    /// Starts a daemon whose data dir is a fresh ext4 filesystem of `size`
+    /// bytes on a loop device, or says why it cannot.
+    pub async fn start_on_small_fs(size: u64) -> Result<TestDaemon, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("blockd-test")
+            .tempdir_in("/var/tmp")
+            .map_err(|e| e.to_string())?;
+        let img = dir.path().join("fs.img");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).map_err(|e| e.to_string())?;
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(size))
+            .map_err(|e| e.to_string())?;
+        let run = |cmd: &mut std::process::Command| match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            other => Err(format!("{cmd:?}: {other:?}")),
+        };
+        run(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-m", "0"])
+            .arg(&img))?;
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&data))?;
+        let mut d =
+            TestDaemon::start_in(dir, "", Arc::new(OffsetClock(chrono::Duration::zero()))).await;
+        d.mount = Some(data);
+        Ok(d)
     }
 
     pub fn client(&self, who: &str) -> Client {
@@ -143,6 +176,15 @@ impl Drop for TestDaemon {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
+        }
+        if let Some(m) = self.mount.take() {
+            for d in blockd::export::list_under(&m) {
+                let _ = blockd::export::detach(&d.device);
+            }
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&m)
+                .status();
         }
         if !self.keep_devices {
             for d in blockd::export::list_under(self.dir.path()) {
@@ -211,6 +253,22 @@ impl Client {
         Client::answer(f().await.expect("request sent")).await
     }
 
+    /// A millisecond not yet used for `key` (method and URL): the server
+    /// refuses a second request with the same signature as a replay. A
+    /// busy key moves a millisecond ahead instead of waiting.
+    pub fn fresh_ms(&self, key: &str) -> i64 {
+        static LAST: Mutex<Option<std::collections::HashMap<String, i64>>> = Mutex::new(None);
+        let now = self.clock.now().timestamp_millis();
+        let mut g = LAST.lock().unwrap();
+        let m = g.get_or_insert_with(Default::default);
+        let ts = match m.get(key) {
+            Some(&last) if last >= now && last - now < 1000 => last + 1,
+            _ => now,
+        };
+        m.insert(key.to_string(), ts);
+        ts
+    }
+
     /// Builds a signed request; `tweak` may alter it before sending.
     pub fn signed(
         &self,
@@ -219,7 +277,7 @@ impl Client {
         body: Option<&Value>,
     ) -> reqwest::RequestBuilder {
         let url = format!("{}{}", self.base, path);
-        let ts = self.now_ms().to_string();
+        let ts = self.fresh_ms(&format!("{method} {url}")).to_string();
         let sig = sign(
             &self.cred.secret_key,
             &SignedRequest {

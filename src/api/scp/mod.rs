@@ -3,6 +3,7 @@
 //! the one function that turns service errors into SCP error bodies.
 
 pub mod auth;
+mod transfers;
 pub mod version;
 pub mod views;
 
@@ -212,6 +213,7 @@ pub fn router(state: Arc<ScpState>, max_body: usize) -> Router {
         .route("/v1/volume-types/default", get(default_type))
         .route("/v1/volume-types/{id}", get(show_type))
         .route("/blockd/v1/volumes/{id}", get(native_volume))
+        .merge(transfers::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/", get(versions))
