@@ -692,6 +692,55 @@ async fn lists_filter_sort_and_page() {
         .await
         .body;
     assert_eq!(l["volumes"].as_array().unwrap().len(), 3, "{l}");
+    let n = |l: &Value| l["volumes"].as_array().unwrap().len();
+    let c34 = c.clone().mv("3.34");
+    assert_eq!(n(&c34.get("/volumes?name~=3").await.body), 1);
+    assert_eq!(n(&c34.get("/volumes?name~=v").await.body), 5);
+    assert_eq!(n(&c34.get("/volumes?status~=avail").await.body), 5);
+    assert_eq!(n(&c34.get("/volumes?name~=%25").await.body), 0);
+    assert_eq!(
+        n(&c.clone().mv("3.33").get("/volumes?name~=3").await.body),
+        5
+    );
+    assert_eq!(n(&c.get("/volumes?size=3").await.body), 1);
+    assert_eq!(n(&c.get("/volumes?availability_zone=mars").await.body), 0);
+    assert_eq!(n(&c.get("/volumes?availability_zone=nova").await.body), 5);
+    expect_fault(&c.get("/volumes?size=big").await, 400, "badRequest");
+    let c60 = c.clone().mv("3.60");
+    assert_eq!(
+        n(&c60
+            .get("/volumes?created_at=gt:2000-01-01T00:00:00")
+            .await
+            .body),
+        5
+    );
+    assert_eq!(
+        n(&c60
+            .get("/volumes?created_at=lt:2000-01-01T00:00:00Z")
+            .await
+            .body),
+        0
+    );
+    assert_eq!(
+        n(&c60
+            .get("/volumes?updated_at=lte:2999-01-01T00:00:00")
+            .await
+            .body),
+        5
+    );
+    assert_eq!(
+        n(&c.clone()
+            .mv("3.59")
+            .get("/volumes?created_at=lt:2000-01-01T00:00:00")
+            .await
+            .body),
+        5
+    );
+    expect_fault(
+        &c60.get("/volumes?created_at=soon").await,
+        400,
+        "badRequest",
+    );
     // Sorted by size ascending, two per page, following volumes_links.
     let mut seen = Vec::new();
     let mut url = c.url("/volumes?sort=size:asc&limit=2");
@@ -1300,6 +1349,10 @@ async fn snapshots_types_quotas_and_zones() {
         .await
         .body;
     assert_eq!(l["snapshots"].as_array().unwrap().len(), 1);
+    let l = c.get("/snapshots/detail?status=available").await.body;
+    assert_eq!(l["snapshots"].as_array().unwrap().len(), 1);
+    let l = c.get("/snapshots?status=error").await.body;
+    assert_eq!(l["snapshots"].as_array().unwrap().len(), 0);
     assert_eq!(
         member_b(&d).get("/snapshots/detail").await.body["snapshots"],
         json!([])
@@ -1507,4 +1560,55 @@ async fn one_volume_is_one_volume_in_both_dialects() {
     );
     scp.wait(&sid, &[]).await;
     assert!(!d.volume_path(&sid).exists());
+}
+
+#[tokio::test]
+async fn noauth_tokens_are_user_and_project() {
+    let d = TestDaemon::start().await;
+    let c = Cinder::new(d.cinder_addr, "alice:demo", "demo");
+    let v = c.create(json!({"size": 1, "name": "na"})).await;
+    assert_eq!(v["user_id"], "alice");
+    assert_eq!(v["os-vol-tenant-attr:tenant_id"], "demo");
+    let other = Cinder::new(d.cinder_addr, "bob:elsewhere", "elsewhere");
+    assert_eq!(other.get("/volumes").await.body["volumes"], json!([]));
+    // noauth callers are admins, as in Cinder: all_tenants shows both.
+    let l = other.get("/volumes?all_tenants=True").await.body;
+    assert_eq!(l["volumes"].as_array().unwrap().len(), 1);
+    let bad = Cinder::new(d.cinder_addr, "a b:c", "demo");
+    expect_fault(&bad.get("/volumes").await, 401, "unauthorized");
+}
+
+#[test]
+fn start_up_refuses_noauth_off_loopback_and_keystone_without_a_validator() {
+    let dir = tempfile::Builder::new()
+        .prefix("blockd-test")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    for (cinder, want) in [
+        ("listen = \"0.0.0.0:0\"\n", "loopback"),
+        (
+            "listen = \"127.0.0.1:0\"\nauth = \"keystone\"\n",
+            "Keystone",
+        ),
+    ] {
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {:?}\n[scp]\nlisten = \"127.0.0.1:0\"\n[cinder]\n{cinder}",
+                dir.path().join("data").display().to_string()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_blockd"))
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cinder}: started");
+        assert!(
+            err.contains(want) && err.contains("cinder.auth"),
+            "{cinder}: {err}"
+        );
+    }
 }

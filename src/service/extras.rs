@@ -142,8 +142,26 @@ impl Service {
     }
 
     /// Sets some of a project's limits; they are stored and apply at once.
-    pub fn set_project_quota(&self, project: &str, limits: &[(&str, u64)]) -> Result<QuotaLimits> {
-        self.store.set_quota_limits(project, limits)?;
+    pub fn set_project_quota(
+        &self,
+        caller: &Caller,
+        project: &str,
+        limits: &[(&str, u64)],
+    ) -> Result<QuotaLimits> {
+        let now = self.now();
+        let job = Job {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind: JobKind::SetQuota,
+            volume_id: None,
+            project_id: caller.project_id.clone(),
+            state: JobState::Succeeded,
+            params: serde_json::json!({"op": "set_quota", "project": project, "limits": limits})
+                .to_string(),
+            error: None,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        self.store.set_quota_limits(project, limits, &job)?;
         let mut q = self.quota.write().unwrap_or_else(|p| p.into_inner());
         let o = q.projects.entry(project.to_string()).or_default();
         for (res, v) in limits {

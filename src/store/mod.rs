@@ -908,6 +908,7 @@ impl Store {
                 ("project_id", &q.project_id),
                 ("volume_id", &q.volume_id),
                 ("name", &q.name),
+                ("status", &q.status),
             ] {
                 if let Some(v) = v {
                     args.push(Value::Text(v.clone()));
@@ -1181,6 +1182,35 @@ impl Store {
                 args.push(Value::Integer(b as i64));
                 filter += &format!(" AND bootable = ?{}", args.len());
             }
+            for cond in &q.conditions {
+                let value = match cond.op {
+                    CmpOp::Contains => {
+                        let esc = cond
+                            .value
+                            .replace('\\', "\\\\")
+                            .replace('%', "\\%")
+                            .replace('_', "\\_");
+                        Value::Text(format!("%{esc}%"))
+                    }
+                    _ if cond.key == VolumeSortKey::Size => match cond.value.parse::<i64>() {
+                        Ok(n) => Value::Integer(n),
+                        Err(_) => Value::Text(cond.value.clone()),
+                    },
+                    _ => Value::Text(cond.value.clone()),
+                };
+                args.push(value);
+                let escape = if cond.op == CmpOp::Contains {
+                    " ESCAPE '\\'"
+                } else {
+                    ""
+                };
+                filter += &format!(
+                    " AND {} {} ?{}{escape}",
+                    cond.key.column(),
+                    cond.op.sql(),
+                    args.len()
+                );
+            }
             for t in &q.tags {
                 args.push(Value::Text(t.key.clone()));
                 args.push(Value::Text(t.value.clone().unwrap_or_default()));
@@ -1438,8 +1468,10 @@ impl Store {
         })
     }
 
-    pub fn set_quota_limits(&self, project: &str, limits: &[(&str, u64)]) -> Result<()> {
+    /// Stores a project's limits with the finished job that records it.
+    pub fn set_quota_limits(&self, project: &str, limits: &[(&str, u64)], job: &Job) -> Result<()> {
         self.write(|tx| {
+            insert_job(tx, job)?;
             for (res, limit) in limits {
                 tx.execute(
                     "INSERT OR REPLACE INTO quota_limits (project_id, resource, hard_limit) VALUES (?1, ?2, ?3)",

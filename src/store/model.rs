@@ -91,6 +91,7 @@ string_enum!(
         CreateTransfer => "create_transfer",
         AcceptTransfer => "accept_transfer",
         DeleteTransfer => "delete_transfer",
+        SetQuota => "set_quota",
     }
 );
 
@@ -163,6 +164,7 @@ pub struct SnapshotQuery {
     pub project_id: Option<String>,
     pub volume_id: Option<String>,
     pub name: Option<String>,
+    pub status: Option<String>,
     pub sort: Vec<(VolumeSortKey, SortDir)>,
     pub limit: u32,
     pub offset: u64,
@@ -236,6 +238,40 @@ impl VolumeSortKey {
     }
 }
 
+/// A comparison on a volume column, e.g. `created_at > t` or `name`
+/// containing a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub key: VolumeSortKey,
+    pub op: CmpOp,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Contains,
+}
+
+impl CmpOp {
+    pub(crate) fn sql(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "=",
+            CmpOp::Ne => "<>",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Contains => "LIKE",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SortDir {
     Asc,
@@ -252,6 +288,8 @@ pub struct VolumeQuery {
     pub bootable: Option<bool>,
     /// Volumes carrying every one of these tags (a missing value matches "").
     pub tags: Vec<Tag>,
+    /// Comparisons every volume must pass.
+    pub conditions: Vec<Condition>,
     pub sort: Vec<(VolumeSortKey, SortDir)>,
     pub limit: u32,
     pub offset: u64,
@@ -267,6 +305,7 @@ impl Default for VolumeQuery {
             state: None,
             bootable: None,
             tags: Vec::new(),
+            conditions: Vec::new(),
             sort: vec![(VolumeSortKey::CreatedAt, SortDir::Desc)],
             limit: 20,
             offset: 0,

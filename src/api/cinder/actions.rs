@@ -53,7 +53,13 @@ pub async fn action(
     let state = i.detail.volume.state;
     let phase = i.admin_meta.get(PHASE).cloned();
     match name.as_str() {
-        "os-extend" => extend(&st, &ctx, &id, state, &args),
+        "os-extend" => extend(
+            &st,
+            &ctx,
+            &id,
+            super::views::cinder_status(&i.detail.volume, &i.admin_meta),
+            &args,
+        ),
         "os-reserve" => {
             st.svc
                 .set_admin_metadata(
@@ -178,7 +184,7 @@ fn extend(
     st: &CinderState,
     ctx: &Ctx,
     id: &str,
-    state: VolumeState,
+    status: &str,
     args: &Map<String, Value>,
 ) -> CResult<Response> {
     let new_size = match args.get("new_size") {
@@ -189,7 +195,7 @@ fn extend(
     .filter(|n| *n >= 1)
     .ok_or_else(|| CinderError::invalid_input("new_size must be an integer of 1 or more"))?;
     let live_ok = ctx.at_least(mv::VOLUME_EXTEND_INUSE);
-    let ok = state == VolumeState::Available || (live_ok && state == VolumeState::InUse);
+    let ok = status == "available" || (live_ok && status == "in-use");
     if !ok {
         let need = if live_ok {
             "'available' or 'in-use'"
@@ -197,7 +203,7 @@ fn extend(
             "'available'"
         };
         return Err(CinderError::invalid_volume(format!(
-            "Volume status must be {need} to extend, but current status is: {state}"
+            "Volume status must be {need} to extend, but current status is: {status}"
         )));
     }
     let current = st.svc.get_volume(&ctx.caller, id)?.volume.size_gib;

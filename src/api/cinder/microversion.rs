@@ -26,6 +26,8 @@ pub const GROUP_VOLUME: Microversion = Microversion(3, 13);
 pub const GROUP_SNAPSHOTS: Microversion = Microversion(3, 14);
 /// `provider_id` in volume details (admin).
 pub const VOLUME_DETAIL_PROVIDER_ID: Microversion = Microversion(3, 21);
+/// `name~` and `status~`: filters by contained text.
+pub const LIKE_FILTER: Microversion = Microversion(3, 34);
 /// Volume summary carries `metadata`.
 pub const VOLUME_SUMMARY_METADATA: Microversion = Microversion(3, 36);
 /// Revert a volume to its latest snapshot.
@@ -38,6 +40,8 @@ pub const VOLUME_EXTEND_INUSE: Microversion = Microversion(3, 42);
 pub const SUPPORT_COUNT_INFO: Microversion = Microversion(3, 45);
 /// `shared_targets` and `service_uuid` in volume details.
 pub const VOLUME_SHARED_TARGETS_AND_SERVICE_FIELDS: Microversion = Microversion(3, 48);
+/// `created_at` / `updated_at` filters with gt, gte, lt, lte, eq, neq.
+pub const VOLUME_TIME_COMPARISON_FILTER: Microversion = Microversion(3, 60);
 /// `cluster_name` in volume details (admin).
 pub const VOLUME_CLUSTER_NAME: Microversion = Microversion(3, 61);
 /// `volume_type_id` in volume details.

@@ -237,7 +237,7 @@ pub async fn update_quota(
         })?;
         changes.push((r, n));
     }
-    let l = st.svc.set_project_quota(&project, &changes)?;
+    let l = st.svc.set_project_quota(&ctx.caller, &project, &changes)?;
     Ok(Json(quota_set(&project, &l, None, &type_names(&st))).into_response())
 }
 

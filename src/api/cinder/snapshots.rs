@@ -131,6 +131,7 @@ async fn list(st: &CinderState, ctx: &Ctx, raw_q: Option<&str>, full: bool) -> C
             project_id: None,
             volume_id: get("volume_id"),
             name: get("name"),
+            status: get("status"),
             sort: q.sort.clone(),
             limit: q.limit,
             offset: q.offset,
@@ -140,11 +141,9 @@ async fn list(st: &CinderState, ctx: &Ctx, raw_q: Option<&str>, full: bool) -> C
     )?;
     let page_full = page.items.len() as u32 == q.limit && q.limit > 0;
     let last = page.items.last().map(|s| s.id.clone());
-    let status = get("status");
     let items: Vec<Value> = page
         .items
         .iter()
-        .filter(|s| status.as_deref().is_none_or(|w| s.status.as_str() == w))
         .map(|s| {
             if full {
                 detail(st, ctx, s)

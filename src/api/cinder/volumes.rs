@@ -9,7 +9,7 @@ use super::{CinderState, Ctx, body_object, json_body, python_bool};
 use crate::api::{BodyError, RawBody, query_pairs};
 use crate::service::{Caller, CreateVolume};
 use crate::store::TagChange;
-use crate::store::model::{SortDir, Tag, VolumeQuery, VolumeSortKey};
+use crate::store::model::{CmpOp, Condition, SortDir, Tag, VolumeQuery, VolumeSortKey};
 use axum::Json;
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -392,6 +392,82 @@ fn metadata_filter(s: &str) -> CResult<Vec<Tag>> {
     }
 }
 
+/// A time filter value (3.60): `gt:2026-12-01T10:00:00` and the like.
+fn time_condition(key: VolumeSortKey, v: &str) -> CResult<Condition> {
+    let bad = || {
+        CinderError::invalid_input(format!(
+            "time filter {v:?} must be OP:TIME with OP one of gt, gte, lt, lte, eq, neq"
+        ))
+    };
+    let (op, t) = v.split_once(':').ok_or_else(bad)?;
+    let op = match op {
+        "gt" => CmpOp::Gt,
+        "gte" => CmpOp::Ge,
+        "lt" => CmpOp::Lt,
+        "lte" => CmpOp::Le,
+        "eq" => CmpOp::Eq,
+        "neq" => CmpOp::Ne,
+        _ => return Err(bad()),
+    };
+    let t = chrono::DateTime::parse_from_rfc3339(t)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f").map(|n| n.and_utc())
+        })
+        .map_err(|_| bad())?;
+    Ok(Condition {
+        key,
+        op,
+        value: crate::clock::format_ts(t),
+    })
+}
+
+/// Comparison filters of a volume list, each from its microversion.
+fn conditions(st: &CinderState, ctx: &Ctx, pairs: &[(String, String)]) -> CResult<Vec<Condition>> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        let cond = match k.as_str() {
+            "name~" if ctx.at_least(mv::LIKE_FILTER) => Condition {
+                key: VolumeSortKey::Name,
+                op: CmpOp::Contains,
+                value: v.clone(),
+            },
+            "status~" if ctx.at_least(mv::LIKE_FILTER) => Condition {
+                key: VolumeSortKey::State,
+                op: CmpOp::Contains,
+                value: views::store_state(v),
+            },
+            "size" => match v.parse::<u64>() {
+                Ok(_) => Condition {
+                    key: VolumeSortKey::Size,
+                    op: CmpOp::Eq,
+                    value: v.clone(),
+                },
+                Err(_) => {
+                    return Err(CinderError::invalid_input(format!(
+                        "size filter {v:?} is not an integer"
+                    )));
+                }
+            },
+            // Every volume is in this node's zone.
+            "availability_zone" if *v != st.zone => Condition {
+                key: VolumeSortKey::Id,
+                op: CmpOp::Eq,
+                value: String::new(),
+            },
+            "created_at" if ctx.at_least(mv::VOLUME_TIME_COMPARISON_FILTER) => {
+                time_condition(VolumeSortKey::CreatedAt, v)?
+            }
+            "updated_at" if ctx.at_least(mv::VOLUME_TIME_COMPARISON_FILTER) => {
+                time_condition(VolumeSortKey::ModifiedAt, v)?
+            }
+            _ => continue,
+        };
+        out.push(cond);
+    }
+    Ok(out)
+}
+
 async fn list(st: &CinderState, ctx: &Ctx, raw: Option<&str>, detail: bool) -> CResult<Response> {
     let q = list_query(ctx, raw)?;
     let get = |k: &str| q.pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -409,6 +485,7 @@ async fn list(st: &CinderState, ctx: &Ctx, raw: Option<&str>, detail: bool) -> C
             None => Vec::new(),
             Some(m) => metadata_filter(&m)?,
         },
+        conditions: conditions(st, ctx, &q.pairs)?,
         sort: q.sort.clone(),
         limit: q.limit,
         offset: q.offset,
