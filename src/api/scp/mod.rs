@@ -428,13 +428,9 @@ fn create_request(body: &RawBody, ver: ApiVersion) -> Result<CreateVolume, ScpEr
             max_throughput: None,
         }
     };
-    let name = r
-        .name
-        .ok_or_else(|| ScpError::bad_request("name: is required"))?;
+    let name = required("name", r.name)?;
     check_name(&name)?;
-    let size = r
-        .size
-        .ok_or_else(|| ScpError::bad_request("size: is required"))?;
+    let size = required("size", r.size)?;
     check_size(size)?;
     let tags = r.tags.unwrap_or_default();
     if tags.len() > 50 {
@@ -452,10 +448,8 @@ fn create_request(body: &RawBody, ver: ApiVersion) -> Result<CreateVolume, ScpEr
             )));
         }
     }
-    if let Some(s) = &r.snapshot_id
-        && uuid::Uuid::parse_str(s).is_err()
-    {
-        return Err(ScpError::bad_request("snapshot_id: is not a UUID"));
+    if let Some(s) = &r.snapshot_id {
+        check_uuid("snapshot_id", s)?;
     }
     Ok(CreateVolume {
         name,
@@ -494,6 +488,19 @@ async fn create_volume(
 }
 
 /// Ids are our own UUIDs; anything else cannot name a volume.
+/// A body field the request must carry.
+pub(super) fn required<T>(field: &str, v: Option<T>) -> Result<T, ScpError> {
+    v.ok_or_else(|| ScpError::bad_request(format!("{field}: is required")))
+}
+
+/// A body field that must hold a UUID.
+pub(super) fn check_uuid(field: &str, v: &str) -> Result<(), ScpError> {
+    match uuid::Uuid::parse_str(v) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(ScpError::bad_request(format!("{field}: is not a UUID"))),
+    }
+}
+
 fn volume_id(id: &str) -> Result<&str, ScpError> {
     match uuid::Uuid::parse_str(id) {
         Ok(_) => Ok(id),
@@ -687,9 +694,7 @@ async fn extend_volume(
 ) -> Result<Response, ScpError> {
     let id = volume_id(&id)?;
     let r: ExtendReq = body?.parse()?;
-    let size = r
-        .size
-        .ok_or_else(|| ScpError::bad_request("size: is required"))?;
+    let size = required("size", r.size)?;
     check_size(size)?;
     let d = st.svc.extend_volume(&ctx.caller, id, size)?;
     Ok((StatusCode::ACCEPTED, Json(views::volume(&d, ctx.version))).into_response())
@@ -817,9 +822,7 @@ async fn attach(
 ) -> Result<Response, ScpError> {
     let id = volume_id(&id)?;
     let r: AttachReq = body?.parse()?;
-    let server = r
-        .server_id
-        .ok_or_else(|| ScpError::bad_request("server_id: is required"))?;
+    let server = required("server_id", r.server_id)?;
     check_server_id(&server)?;
     let a = st.svc.attach_volume(
         &ctx.caller,
@@ -868,9 +871,7 @@ async fn server_attach(
 ) -> Result<Response, ScpError> {
     check_server_id(&server)?;
     let r: ServerAttachReq = body?.parse()?;
-    let vid = r
-        .volume_id
-        .ok_or_else(|| ScpError::bad_request("volume_id: is required"))?;
+    let vid = required("volume_id", r.volume_id)?;
     let vid = volume_id(&vid)?;
     if let Some(dev) = &r.device {
         // Device names are assigned by blockd so they never collide; a
@@ -914,9 +915,7 @@ async fn server_volume_update(
     check_server_id(&server)?;
     let id = volume_id(&id)?;
     let r: ServerVolumeUpdate = body?.parse()?;
-    let dot = r
-        .delete_on_termination
-        .ok_or_else(|| ScpError::bad_request("delete_on_termination: is required"))?;
+    let dot = required("delete_on_termination", r.delete_on_termination)?;
     let a = st
         .svc
         .set_delete_on_termination(&ctx.caller, &server, id, dot)?;
@@ -957,13 +956,9 @@ async fn create_snapshot(
     body: Result<RawBody, BodyError>,
 ) -> Result<Response, ScpError> {
     let r: SnapshotCreateReq = body?.parse()?;
-    let name = r
-        .name
-        .ok_or_else(|| ScpError::bad_request("name: is required"))?;
+    let name = required("name", r.name)?;
     check_name(&name)?;
-    let vid = r
-        .volume_id
-        .ok_or_else(|| ScpError::bad_request("volume_id: is required"))?;
+    let vid = required("volume_id", r.volume_id)?;
     let vid = volume_id(&vid)?;
     if r.description.as_ref().is_some_and(|d| d.len() > 255) {
         return Err(ScpError::bad_request("description: at most 255 characters"));
@@ -1088,12 +1083,8 @@ async fn revert_volume(
 ) -> Result<Response, ScpError> {
     let id = volume_id(&id)?;
     let r: RevertReq = body?.parse()?;
-    let sid = r
-        .snapshot_id
-        .ok_or_else(|| ScpError::bad_request("snapshot_id: is required"))?;
-    if uuid::Uuid::parse_str(&sid).is_err() {
-        return Err(ScpError::bad_request("snapshot_id: is not a UUID"));
-    }
+    let sid = required("snapshot_id", r.snapshot_id)?;
+    check_uuid("snapshot_id", &sid)?;
     st.svc.revert_volume(&ctx.caller, id, &sid)?;
     Ok(empty(StatusCode::ACCEPTED))
 }

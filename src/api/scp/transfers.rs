@@ -2,7 +2,7 @@
 //! `/{id}` to show or cancel the offer, `/{id}/accept` to take the volume
 //! with the offer's key. The key appears only in the create answer.
 
-use super::{Ctx, ScpError, ScpState, empty, page_param};
+use super::{Ctx, ScpError, ScpState, check_uuid, empty, page_param, required};
 use crate::api::{BodyError, RawBody, query_pairs};
 use crate::service::CreateTransfer;
 use crate::store::{Transfer, TransferQuery};
@@ -57,12 +57,8 @@ async fn create(
     body: Result<RawBody, BodyError>,
 ) -> Result<Response, ScpError> {
     let r: CreateReq = body?.parse()?;
-    let vid = r
-        .volume_id
-        .ok_or_else(|| ScpError::bad_request("volume_id: is required"))?;
-    if uuid::Uuid::parse_str(&vid).is_err() {
-        return Err(ScpError::bad_request("volume_id: is not a UUID"));
-    }
+    let vid = required("volume_id", r.volume_id)?;
+    check_uuid("volume_id", &vid)?;
     if r.name.as_ref().is_some_and(|n| n.chars().count() > 255) {
         return Err(ScpError::bad_request("name: at most 255 characters"));
     }
