@@ -8,7 +8,6 @@ use blockd::config::{Config, Credential};
 use blockd::server::Daemon;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -230,19 +229,6 @@ impl Client {
     pub fn version(mut self, v: Option<&str>) -> Client {
         self.version = v.map(|v| format!("virtualserver {v}"));
         self
-    }
-
-    /// A fresh millisecond for each request: two requests signed for the
-    /// same method, URL and millisecond are one request replayed.
-    pub fn now_ms(&self) -> i64 {
-        static ISSUED: Mutex<BTreeSet<i64>> = Mutex::new(BTreeSet::new());
-        loop {
-            let now = self.clock.now().timestamp_millis();
-            if ISSUED.lock().unwrap().insert(now) {
-                return now;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
     }
 
     /// Sends a built request, e.g. one whose headers a test changed.
