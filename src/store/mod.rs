@@ -1410,7 +1410,7 @@ impl Store {
 
     /// A volume's admin metadata (readonly flag, attach mode), by key.
     pub fn admin_metadata(&self, volume_id: &str) -> Result<Vec<(String, String)>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT key, value FROM volume_admin_metadata WHERE volume_id = ?1 ORDER BY key",
             )?;
@@ -1460,7 +1460,7 @@ impl Store {
 
     /// Quota limits set through the API: (project, resource, limit).
     pub fn quota_limits(&self) -> Result<Vec<(String, String, u64)>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st =
                 c.prepare_cached("SELECT project_id, resource, hard_limit FROM quota_limits")?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;

@@ -26,7 +26,7 @@ pub struct StoreStats {
 
 impl Store {
     pub fn stats(&self) -> Result<StoreStats> {
-        self.with(|c| {
+        self.read(|c| {
             let group = |sql: &str, n: usize| -> Result<Vec<Group>> {
                 let mut st = c.prepare(sql)?;
                 let rows = st.query_map([], |r| {

@@ -203,12 +203,12 @@ impl Store {
 
     /// A pending transfer; `project` None finds any project's.
     pub fn get_transfer(&self, project: Option<&str>, id: &str) -> Result<Transfer> {
-        self.with(|c| pending_in(c, project, id))
+        self.read(|c| pending_in(c, project, id))
     }
 
     /// One page of pending transfers, newest first, after the marker.
     pub fn list_transfers(&self, q: &TransferQuery) -> Result<Page<Transfer>> {
-        self.with(|c| {
+        self.read(|c| {
             let project = q.project_id.as_deref();
             let after = match &q.marker {
                 Some(m) => Some(pending_in(c, project, m).map_err(|e| match e {
