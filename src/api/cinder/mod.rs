@@ -326,10 +326,7 @@ async fn admit(st: &CinderState, req: &mut Request) -> CResult<Option<Ctx>> {
         .and_then(|v| v.to_str().ok())
         .filter(|t| !t.is_empty())
         .ok_or_else(CinderError::unauthorized)?;
-    let info = st.validator.validate(token).await.map_err(|e| {
-        tracing::info!(error = %e, "token refused");
-        CinderError::unauthorized()
-    })?;
+    let info = st.validator.validate(token).await?;
     let admin = info.is_admin();
     if let Some(p) = &project
         && *p != info.project_id
