@@ -101,6 +101,7 @@ impl From<ServiceError> for CinderError {
                     "volume type" => "Volume type",
                     "snapshot" => "Snapshot",
                     "attachment" => "Volume attachment",
+                    "transfer" => "Transfer",
                     _ => "Volume",
                 };
                 CinderError::not_found(format!("{what} {id} could not be found."))

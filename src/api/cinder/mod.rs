@@ -10,6 +10,7 @@ pub mod errors;
 pub mod microversion;
 pub mod misc;
 pub mod snapshots;
+pub mod transfers;
 pub mod views;
 pub mod volumes;
 
@@ -156,6 +157,8 @@ pub fn router(state: Arc<CinderState>) -> Router {
                 .put(snapshots::metadata_key_put)
                 .delete(snapshots::metadata_key_delete),
         )
+        .merge(transfer_routes(transfers::OLD))
+        .merge(transfer_routes(transfers::NEW))
         .route("/types", get(misc::list_types))
         .route("/types/default", get(misc::default_type))
         .route("/types/{id}", get(misc::show_type))
@@ -177,6 +180,20 @@ pub fn router(state: Arc<CinderState>) -> Router {
     Router::new()
         .fallback_service(api)
         .layer(middleware::from_fn_with_state(state, front))
+}
+
+fn transfer_routes(coll: &str) -> Router<Arc<CinderState>> {
+    Router::new()
+        .route(
+            &format!("/{coll}"),
+            get(transfers::list_summary).post(transfers::create),
+        )
+        .route(&format!("/{coll}/detail"), get(transfers::list_detail))
+        .route(
+            &format!("/{coll}/{{id}}"),
+            get(transfers::show).delete(transfers::delete),
+        )
+        .route(&format!("/{coll}/{{id}}/accept"), post(transfers::accept))
 }
 
 async fn no_route() -> CinderError {

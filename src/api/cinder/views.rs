@@ -7,6 +7,7 @@ use super::Ctx;
 use super::microversion as mv;
 use crate::service::{VolumeDetail, VolumeType};
 use crate::store::model::{Attachment, Snapshot, Tag, Volume, VolumeState};
+use crate::store::{Transfer, TransferState};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -273,4 +274,34 @@ pub fn next_link(
     }
     q.append_pair("marker", last);
     Some(json!([{"href": format!("{}/{path}?{}", ctx.base, q.finish()), "rel": "next"}]))
+}
+
+/// A volume transfer under `collection` (`os-volume-transfer` or
+/// `volume-transfers`). The summary has id, name, volume_id and links; the
+/// detail adds created_at, no_snapshots from 3.55, and from 3.57 where the
+/// volume came from and went.
+pub fn transfer(ctx: &Ctx, collection: &str, t: &Transfer, full: bool) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), t.id.clone().into());
+    m.insert("name".into(), json!(t.name));
+    m.insert("volume_id".into(), t.volume_id.clone().into());
+    if full {
+        m.insert("created_at".into(), t.created_at.clone().into());
+        if ctx.at_least(mv::TRANSFER_WITH_SNAPSHOTS) {
+            m.insert("no_snapshots".into(), t.no_snapshots.into());
+        }
+        if ctx.at_least(mv::TRANSFER_WITH_HISTORY) {
+            m.insert("source_project_id".into(), t.project_id.clone().into());
+            m.insert(
+                "destination_project_id".into(),
+                json!(t.destination_project_id),
+            );
+            m.insert(
+                "accepted".into(),
+                (t.state == TransferState::Accepted).into(),
+            );
+        }
+    }
+    m.insert("links".into(), links(ctx, collection, &t.id));
+    Value::Object(m)
 }
