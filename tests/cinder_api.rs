@@ -1579,16 +1579,17 @@ async fn noauth_tokens_are_user_and_project() {
 }
 
 #[test]
-fn start_up_refuses_noauth_off_loopback_and_keystone_without_a_validator() {
+fn start_up_refuses_noauth_off_loopback_and_keystone_without_its_section() {
     let dir = tempfile::Builder::new()
         .prefix("blockd-test")
         .tempdir_in("/var/tmp")
         .unwrap();
-    for (cinder, want) in [
-        ("listen = \"0.0.0.0:0\"\n", "loopback"),
+    for (cinder, key, want) in [
+        ("listen = \"0.0.0.0:0\"\n", "cinder.auth", "loopback"),
         (
             "listen = \"127.0.0.1:0\"\nauth = \"keystone\"\n",
-            "Keystone",
+            "cinder.keystone",
+            "section",
         ),
     ] {
         let cfg = dir.path().join("c.toml");
@@ -1606,10 +1607,7 @@ fn start_up_refuses_noauth_off_loopback_and_keystone_without_a_validator() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{cinder}: started");
-        assert!(
-            err.contains(want) && err.contains("cinder.auth"),
-            "{cinder}: {err}"
-        );
+        assert!(err.contains(want) && err.contains(key), "{cinder}: {err}");
     }
 }
 

@@ -381,4 +381,5 @@ pub fn keys(v: &Value) -> Vec<String> {
 }
 
 pub mod cinder;
+pub mod crash;
 pub mod proc;
