@@ -129,6 +129,20 @@ fn schema_errors(doc: &Value, method: &str, rest: &str, status: u16, body: &Valu
     v.iter_errors(body).map(|e| e.to_string()).collect()
 }
 
+/// Validates a request body against the operation's documented one.
+fn check_request(doc: &Value, method: &str, rest: &str, body: &Value) {
+    let op = &doc["paths"][format!("/v3/{{project_id}}{rest}")][method];
+    let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+    assert!(schema.is_object(), "{method} {rest} documents its body");
+    let root = json!({"$ref": schema["$ref"], "components": doc["components"]});
+    let v = jsonschema::validator_for(&root).expect("schema compiles");
+    let errors: Vec<String> = v.iter_errors(body).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {rest} body: {errors:?}\n{body:#}"
+    );
+}
+
 #[tokio::test]
 async fn cinder_document_matches_the_router() {
     let d = cinder_daemon().await;
@@ -241,12 +255,10 @@ async fn cinder_answers_match_the_documented_schemas() {
     let mut vols = Vec::new();
     for (who, v) in [(&member, "3.0"), (&admin, "latest")] {
         let c = who.clone().mv(v);
-        let a = c
-            .post(
-                "/volumes",
-                json!({"volume": {"size": 1, "name": format!("doc-{v}"), "metadata": {"k": "v"}}}),
-            )
-            .await;
+        let body =
+            json!({"volume": {"size": 1, "name": format!("doc-{v}"), "metadata": {"k": "v"}}});
+        check_request(&doc, "post", "/volumes", &body);
+        let a = c.post("/volumes", body).await;
         assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
         check(&doc, "post", "/volumes", 202, &a.body);
         let id = a.body["volume"]["id"].as_str().unwrap().to_string();
@@ -254,12 +266,10 @@ async fn cinder_answers_match_the_documented_schemas() {
         vols.push(id);
     }
     let c = member.clone().mv("latest");
-    let a = c
-        .post(
-            "/snapshots",
-            json!({"snapshot": {"volume_id": vols[0], "name": "doc-snap"}}),
-        )
-        .await;
+    let body =
+        json!({"snapshot": {"volume_id": vols[0], "name": "doc-snap", "metadata": {"a": "b"}}});
+    check_request(&doc, "post", "/snapshots", &body);
+    let a = c.post("/snapshots", body).await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
     check(&doc, "post", "/snapshots", 202, &a.body);
     let snap = a.body["snapshot"]["id"].as_str().unwrap().to_string();
@@ -358,22 +368,46 @@ async fn cinder_answers_match_the_documented_schemas() {
     check(&doc, "get", "/volumes", 406, &a.body);
 
     // Updates answer the documented views too.
+    let body = json!({"volume": {"name": "renamed"}});
+    check_request(&doc, "put", "/volumes/{id}", &body);
     let a = member
-        .call(
-            Method::PUT,
-            &format!("/volumes/{vol}"),
-            Some(json!({"volume": {"name": "renamed"}})),
-        )
+        .call(Method::PUT, &format!("/volumes/{vol}"), Some(body))
         .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     check(&doc, "put", "/volumes/{id}", a.status.as_u16(), &a.body);
+    let body = json!({"snapshot": {"description": "d"}});
+    check_request(&doc, "put", "/snapshots/{id}", &body);
     let a = member
-        .call(
-            Method::PUT,
-            &format!("/snapshots/{snap}"),
-            Some(json!({"snapshot": {"description": "d"}})),
-        )
+        .call(Method::PUT, &format!("/snapshots/{snap}"), Some(body))
         .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     check(&doc, "put", "/snapshots/{id}", a.status.as_u16(), &a.body);
+
+    // Each documented action is one the dialect knows: sent without its
+    // arguments it may be refused, but never as an unknown action.
+    let c = admin.clone().mv("latest");
+    let path = format!("/volumes/{}/action", vols[1]);
+    let a = c.post(&path, json!({"os-nothing": null})).await;
+    assert!(a.text.contains("There is no such action"), "{}", a.text);
+    check(&doc, "post", "/volumes/{id}/action", 400, &a.body);
+    let names = doc["x-cinder-actions"].as_object().unwrap();
+    assert_eq!(names.len(), blockd::api::cinder::openapi::ACTIONS.len());
+    for name in names.keys() {
+        let a = c.post(&path, json!({ name: null })).await;
+        assert!(a.status.as_u16() < 500, "{name}: {}", a.text);
+        assert!(
+            !a.text.contains("There is no such action"),
+            "{name}: {}",
+            a.text
+        );
+        check(
+            &doc,
+            "post",
+            "/volumes/{id}/action",
+            a.status.as_u16(),
+            &a.body,
+        );
+    }
 
     // The microversion notes are true: a noted field appears exactly from
     // its version, admin-only fields only for admins, and the rest always.

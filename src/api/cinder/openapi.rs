@@ -37,6 +37,15 @@ pub struct VolumeCreate {
     pub availability_zone: Option<String>,
     pub snapshot_id: Option<String>,
     pub source_volid: Option<String>,
+    /// Creating from an image is refused (400) for now.
+    #[serde(rename = "imageRef")]
+    pub image_ref: Option<String>,
+    /// Microversion 3.47 and later; blockd has no backups (404).
+    pub backup_id: Option<String>,
+    /// blockd has no groups (404).
+    pub group_id: Option<String>,
+    /// blockd has no consistency groups (404).
+    pub consistencygroup_id: Option<String>,
     pub metadata: Option<BTreeMap<String, String>>,
     /// true or false, or Python-style "True"/"False".
     #[schema(value_type = Option<Object>)]

@@ -181,6 +181,7 @@ pub struct VolumeView {
         rename = "os-vol-host-attr:host",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(nullable = false)]
     pub host: Option<String>,
     /// Admin only. Always null.
     #[serde(
@@ -202,6 +203,7 @@ pub struct VolumeView {
     pub provider_id: Option<Option<String>>,
     /// Microversion 3.48 and later.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub shared_targets: Option<bool>,
     /// Microversion 3.48 and later. Always null.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -211,9 +213,11 @@ pub struct VolumeView {
     pub cluster_name: Option<Option<String>>,
     /// Microversion 3.63 and later.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub volume_type_id: Option<String>,
     /// Microversion 3.65 and later.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub consumes_quota: Option<bool>,
 }
 
@@ -288,21 +292,25 @@ pub struct SnapshotView {
         rename = "os-extended-snapshot-attributes:progress",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(nullable = false)]
     pub progress: Option<String>,
     /// Detail views only.
     #[serde(
         rename = "os-extended-snapshot-attributes:project_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(nullable = false)]
     pub project_id: Option<String>,
     /// Microversion 3.14 and later. Always null.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_snapshot_id: Option<Option<String>>,
     /// Microversion 3.41 and later.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub user_id: Option<String>,
     /// Microversion 3.65 and later.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub consumes_quota: Option<bool>,
 }
 
