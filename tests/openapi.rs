@@ -100,7 +100,7 @@ fn check(doc: &Value, method: &str, rest: &str, status: u16, body: &Value) {
 }
 
 fn schema_errors(doc: &Value, method: &str, rest: &str, status: u16, body: &Value) -> Vec<String> {
-    let path = if ["/", "/v2", "/v3"].contains(&rest) {
+    let path = if ["/", "/v2", "/v3"].contains(&rest) || rest.starts_with("/v2/") {
         rest.to_string()
     } else {
         format!("/v3/{{project_id}}{rest}")
@@ -334,6 +334,70 @@ async fn cinder_answers_match_the_documented_schemas() {
         .to_string();
     let a = admin.get(&format!("/types/{tid}")).await;
     check(&doc, "get", "/types/{id}", 200, &a.body);
+
+    // Metadata writes.
+    for base in [format!("/volumes/{vol}"), format!("/snapshots/{snap}")] {
+        let tmpl = if base.starts_with("/volumes") {
+            "/volumes/{id}"
+        } else {
+            "/snapshots/{id}"
+        };
+        let writes = [
+            (Method::POST, "/metadata", json!({"metadata": {"m1": "1"}})),
+            (Method::PUT, "/metadata", json!({"metadata": {"m2": "2"}})),
+            (Method::PUT, "/metadata/m3", json!({"meta": {"m3": "3"}})),
+        ];
+        for (m, sub, body) in writes {
+            let rest = format!("{tmpl}{}", sub.replace("/m3", "/{key}"));
+            let method = m.as_str().to_lowercase();
+            check_request(&doc, &method, &rest, &body);
+            let a = member.call(m, &format!("{base}{sub}"), Some(body)).await;
+            assert_eq!(a.status, StatusCode::OK, "{rest}: {}", a.text);
+            check(&doc, &method, &rest, 200, &a.body);
+        }
+        let a = member
+            .call(Method::DELETE, &format!("{base}/metadata/m3"), None)
+            .await;
+        check(
+            &doc,
+            "delete",
+            &format!("{tmpl}/metadata/{{key}}"),
+            a.status.as_u16(),
+            &a.body,
+        );
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    }
+
+    // A quota update, and the v2 API's answers under its own paths.
+    let body = json!({"quota_set": {"volumes": 50}});
+    check_request(&doc, "put", "/os-quota-sets/{project}", &body);
+    let a = admin
+        .call(Method::PUT, "/os-quota-sets/project-a", Some(body))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    check(&doc, "put", "/os-quota-sets/{project}", 200, &a.body);
+    for (rest, tmpl) in [
+        (format!("/volumes/{vol}"), "/volumes/{id}"),
+        ("/volumes/detail".to_string(), "/volumes/detail"),
+        (format!("/snapshots/{snap}"), "/snapshots/{id}"),
+    ] {
+        let r = http
+            .get(format!("http://{}/v2/project-a{rest}", d.cinder_addr))
+            .header("X-Auth-Token", "tok-member-a01")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "v2 {rest}");
+        let body: Value = r.json().await.unwrap();
+        let errors = schema_errors(
+            &doc,
+            "get",
+            &format!("/v2/{{project_id}}{tmpl}"),
+            200,
+            &body,
+        );
+        assert!(errors.is_empty(), "v2 {rest}: {errors:?}");
+    }
 
     // The check can fail: a field the document does not have, or a
     // required one missing.
