@@ -1,7 +1,8 @@
-//! Cinder views: each resource's JSON for a negotiated microversion. A
-//! newer version starts from the older view and adds its own fields, as
-//! Cinder's view builders do, so each field appears exactly from the
-//! version that introduced it.
+//! Cinder views: each resource's JSON for a negotiated microversion. One
+//! struct per resource holds the superset of every version; a field a
+//! version lacks is left out (`None`), so each field appears exactly from
+//! the version that introduced it. The structs are also the schemas of the
+//! OpenAPI document, and a field's doc comment names its microversion.
 
 use super::Ctx;
 use super::microversion as mv;
@@ -55,6 +56,10 @@ fn ts_str(s: &str) -> String {
     }
 }
 
+// `deny_unknown_fields` on these Serialize-only structs closes their
+// schemas (additionalProperties: false), so an answer with a field the
+// document lacks fails validation.
+
 /// A `self` or `bookmark` link.
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -74,10 +79,6 @@ fn link_list(ctx: &Ctx, collection: &str, id: &str) -> Vec<Link> {
             rel: "bookmark".into(),
         },
     ]
-}
-
-pub fn links(ctx: &Ctx, collection: &str, id: &str) -> Value {
-    to_json(&link_list(ctx, collection, id))
 }
 
 fn to_json<T: Serialize>(t: &T) -> Value {
