@@ -121,8 +121,8 @@ impl Daemon {
             cfg.scp.signature_window_secs,
             &cfg.scp.url_scheme,
         ));
-        let validator = crate::api::cinder::auth::validator_for(&cfg.cinder, None)
-            .map_err(StartError::Cinder)?;
+        let validator =
+            crate::api::cinder::auth::validator_for(&cfg.cinder).map_err(StartError::Cinder)?;
         let cinder = Arc::new(crate::api::cinder::CinderState::new(
             service.clone(),
             validator,

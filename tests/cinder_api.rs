@@ -1612,3 +1612,226 @@ fn start_up_refuses_noauth_off_loopback_and_keystone_without_a_validator() {
         );
     }
 }
+
+fn sorted_keys(v: &Value) -> Vec<String> {
+    let mut k = keys(v);
+    k.sort();
+    k
+}
+
+#[tokio::test]
+async fn transfers_move_volumes_between_projects() {
+    let d = daemon("").await;
+    let a = member_a(&d);
+    let b = member_b(&d);
+    let v = a.create(json!({"size": 1, "name": "gift"})).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let s = a
+        .post(
+            "/snapshots",
+            json!({"snapshot": {"volume_id": id, "name": "s1"}}),
+        )
+        .await;
+    assert_eq!(s.status, StatusCode::ACCEPTED, "{}", s.text);
+    let sid = s.body["snapshot"]["id"].as_str().unwrap().to_string();
+    a.wait_snapshot(&sid, "available").await;
+
+    // Bad offers change nothing.
+    for (body, why) in [
+        (json!({"transfer": {"name": "x"}}), "volume_id missing"),
+        (
+            json!({"transfer": {"volume_id": "not-a-uuid"}}),
+            "bad volume_id",
+        ),
+        (
+            json!({"transfer": {"volume_id": id, "bogus": 1}}),
+            "unknown key",
+        ),
+        (
+            json!({"transfer": {"volume_id": id, "name": "n".repeat(256)}}),
+            "long name",
+        ),
+        (
+            json!({"transfer": {"volume_id": id, "no_snapshots": true}}),
+            "no_snapshots before 3.55",
+        ),
+        (json!({"other": {}}), "no transfer object"),
+    ] {
+        let r = a.post("/os-volume-transfer", body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{why}: {}", r.text);
+    }
+    assert_eq!(a.wait(&id, &["available"]).await["status"], "available");
+    expect_fault(
+        &b.post(
+            "/os-volume-transfer",
+            json!({"transfer": {"volume_id": id}}),
+        )
+        .await,
+        404,
+        "itemNotFound",
+    );
+
+    // The offer: the key appears once, the volume waits for its taker.
+    let r = a
+        .post(
+            "/os-volume-transfer",
+            json!({"transfer": {"volume_id": id, "name": "to-b"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let t = &r.body["transfer"];
+    assert_eq!(
+        sorted_keys(t),
+        ["auth_key", "created_at", "id", "links", "name", "volume_id"]
+    );
+    let tid = t["id"].as_str().unwrap().to_string();
+    let key = t["auth_key"].as_str().unwrap().to_string();
+    assert_eq!(key.len(), 16);
+    assert_eq!(
+        a.get(&format!("/volumes/{id}")).await.body["volume"]["status"],
+        "awaiting-transfer"
+    );
+    let shown = a.get(&format!("/os-volume-transfer/{tid}")).await;
+    assert_eq!(shown.status, StatusCode::OK, "{}", shown.text);
+    assert_eq!(
+        sorted_keys(&shown.body["transfer"]),
+        ["created_at", "id", "links", "name", "volume_id"]
+    );
+    assert!(!shown.text.contains(&key), "the key is shown only once");
+    let list = a.get("/os-volume-transfer").await;
+    assert_eq!(
+        sorted_keys(&list.body["transfers"][0]),
+        ["id", "links", "name", "volume_id"]
+    );
+    let detail = a.get("/os-volume-transfer/detail").await;
+    assert_eq!(detail.body["transfers"][0]["id"], json!(tid));
+    assert!(detail.body["transfers"][0]["created_at"].is_string());
+    expect_fault(
+        &a.get("/os-volume-transfer?sort=name").await,
+        400,
+        "badRequest",
+    );
+    // The same offer through the SCP dialect.
+    let scp = d
+        .client("a")
+        .get(&format!("/v1/volume-transfer/{tid}"))
+        .await;
+    assert_eq!(scp.status, StatusCode::OK, "{}", scp.text);
+    assert_eq!(scp.body["volume_id"], json!(id));
+
+    // Other projects see no offer; a wrong key takes nothing.
+    expect_fault(
+        &b.get(&format!("/os-volume-transfer/{tid}")).await,
+        404,
+        "itemNotFound",
+    );
+    assert_eq!(
+        b.get("/os-volume-transfer").await.body["transfers"],
+        json!([])
+    );
+    expect_fault(
+        &b.get("/os-volume-transfer/not-a-uuid").await,
+        404,
+        "itemNotFound",
+    );
+    let accept = |key: &str| json!({"accept": {"auth_key": key}});
+    let path = format!("/os-volume-transfer/{tid}/accept");
+    expect_fault(
+        &b.post(&path, accept("wrong-key-000000")).await,
+        400,
+        "badRequest",
+    );
+    expect_fault(
+        &b.post(&path, json!({"accept": {}})).await,
+        400,
+        "badRequest",
+    );
+    expect_fault(&b.get(&format!("/volumes/{id}")).await, 404, "itemNotFound");
+
+    // The right key moves the volume and its snapshot to project-b.
+    let r = b.post(&path, accept(&key)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(
+        sorted_keys(&r.body["transfer"]),
+        ["id", "links", "name", "volume_id"]
+    );
+    let moved = b.wait(&id, &["available"]).await;
+    assert_eq!(moved["os-vol-tenant-attr:tenant_id"], "project-b");
+    assert_eq!(
+        b.get(&format!("/snapshots/{sid}")).await.status,
+        StatusCode::OK
+    );
+    expect_fault(&a.get(&format!("/volumes/{id}")).await, 404, "itemNotFound");
+    expect_fault(
+        &a.get(&format!("/snapshots/{sid}")).await,
+        404,
+        "itemNotFound",
+    );
+    expect_fault(&b.post(&path, accept(&key)).await, 404, "itemNotFound");
+    assert_eq!(
+        d.client("b").get(&format!("/v1/volumes/{id}")).await.status,
+        StatusCode::OK
+    );
+
+    // volume-transfers needs 3.55 and takes no_snapshots; 3.57 shows history.
+    expect_fault(&b.get("/volume-transfers").await, 404, "itemNotFound");
+    let b57 = member_b(&d).mv("3.57");
+    let r = b57
+        .post(
+            "/volume-transfers",
+            json!({"transfer": {"volume_id": id, "no_snapshots": true}}),
+        )
+        .await;
+    expect_fault(&r, 400, "badRequest");
+    assert_eq!(b.wait(&id, &["available"]).await["status"], "available");
+    let fresh = b.create(json!({"size": 1, "name": "plain"})).await;
+    let fid = fresh["id"].as_str().unwrap().to_string();
+    let r = b57
+        .post(
+            "/volume-transfers",
+            json!({"transfer": {"volume_id": fid, "no_snapshots": true}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let t = &r.body["transfer"];
+    assert_eq!(
+        sorted_keys(t),
+        [
+            "accepted",
+            "auth_key",
+            "created_at",
+            "destination_project_id",
+            "id",
+            "links",
+            "name",
+            "no_snapshots",
+            "source_project_id",
+            "volume_id"
+        ]
+    );
+    assert_eq!(t["source_project_id"], "project-b");
+    assert_eq!(t["accepted"], false);
+    assert_eq!(t["no_snapshots"], true);
+    let t2 = t["id"].as_str().unwrap().to_string();
+    assert!(
+        t["links"][0]["href"]
+            .as_str()
+            .unwrap()
+            .contains("/volume-transfers/"),
+        "{}",
+        r.text
+    );
+
+    // Cancelling the offer makes the volume available again, once.
+    let del = b57
+        .call(Method::DELETE, &format!("/volume-transfers/{t2}"), None)
+        .await;
+    assert_eq!(del.status, StatusCode::ACCEPTED, "{}", del.text);
+    assert_eq!(b.wait(&fid, &["available"]).await["status"], "available");
+    expect_fault(
+        &b57.call(Method::DELETE, &format!("/volume-transfers/{t2}"), None)
+            .await,
+        404,
+        "itemNotFound",
+    );
+}

@@ -4,58 +4,17 @@
 mod common;
 
 use blockd::clock::OffsetClock;
+use common::proc::{self, free_port, spawn};
 use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the daemon binary and waits until it answers `GET /`.
-async fn spawn(cfg: &Path, port: u16) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_blockd"))
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("daemon starts");
-    let p = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/")).await
-            && r.status() == StatusCode::OK
-        {
-            return p;
-        }
-        assert!(Instant::now() < deadline, "daemon did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn write_config(dir: &Path, port: u16, delay_ms: u64) -> std::path::PathBuf {
-    let data = dir.join("data");
-    let extra =
-        format!("[scp]\nlisten = \"127.0.0.1:{port}\"\n[jobs]\ndebug_delay_ms = {delay_ms}\n");
-    let text = config_text(&data, &extra);
-    let path = dir.join("blockd.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    proc::write_config(dir, port, &format!("[jobs]\ndebug_delay_ms = {delay_ms}\n"))
 }
 
 #[tokio::test]

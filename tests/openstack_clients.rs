@@ -50,6 +50,8 @@ async fn run(venv: &Path, bin: &str, args: &[&str]) -> String {
 struct Osc {
     venv: PathBuf,
     endpoint: String,
+    /// noauth's `user:project`.
+    token: &'static str,
 }
 
 impl Osc {
@@ -59,7 +61,7 @@ impl Osc {
             "--os-auth-type",
             "admin_token",
             "--os-token",
-            "alice:demo",
+            self.token,
             "--os-endpoint",
             &self.endpoint,
             "--os-volume-api-version",
@@ -113,6 +115,7 @@ async fn openstack_cli_volumes_and_snapshots() {
     let osc = Osc {
         venv,
         endpoint: format!("http://{}/v3/demo", d.cinder_addr),
+        token: "alice:demo",
     };
     let v = osc
         .json(&["volume", "create", "--size", "1", "osc-vol"])
@@ -217,6 +220,49 @@ async fn openstack_cli_volumes_and_snapshots() {
     wait_gone(&d.volume_path(&id)).await;
     let list = osc.json(&["volume", "list"]).await;
     assert_eq!(list, serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openstack_cli_transfers_a_volume() {
+    let Some(venv) = venv() else { return };
+    let d = TestDaemon::start().await;
+    let alice = Osc {
+        venv: venv.clone(),
+        endpoint: format!("http://{}/v3/demo", d.cinder_addr),
+        token: "alice:demo",
+    };
+    let bob = Osc {
+        venv,
+        endpoint: format!("http://{}/v3/other", d.cinder_addr),
+        token: "bob:other",
+    };
+    let v = alice
+        .json(&["volume", "create", "--size", "1", "gift"])
+        .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    alice.wait_volume(&id, |v| v["status"] == "available").await;
+    let t = alice
+        .json(&["volume", "transfer", "request", "create", &id])
+        .await;
+    let tid = t["id"].as_str().unwrap().to_string();
+    let key = t["auth_key"].as_str().unwrap().to_string();
+    assert_eq!(t["volume_id"], id.as_str(), "{t}");
+    let listed = alice.json(&["volume", "transfer", "request", "list"]).await;
+    assert_eq!(listed[0]["ID"], tid.as_str(), "{listed}");
+    bob.json(&[
+        "volume",
+        "transfer",
+        "request",
+        "accept",
+        "--auth-key",
+        &key,
+        &tid,
+    ])
+    .await;
+    let v = bob.wait_volume(&id, |v| v["status"] == "available").await;
+    assert_eq!(v["os-vol-tenant-attr:tenant_id"], "other");
+    assert_eq!(bob.json(&["volume", "list"]).await[0]["ID"], id.as_str());
+    assert_eq!(alice.json(&["volume", "list"]).await, serde_json::json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -381,3 +381,4 @@ pub fn keys(v: &Value) -> Vec<String> {
 }
 
 pub mod cinder;
+pub mod proc;

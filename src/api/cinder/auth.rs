@@ -1,8 +1,10 @@
 //! Who a Cinder caller is. `X-Auth-Token` goes to a `TokenValidator`,
 //! which answers the user, project and roles behind it. noauth and static
-//! tokens live here; a Keystone validator plugs in through the same trait.
+//! tokens live here, and Keystone (`crate::keystone`) plugs in through the
+//! same trait.
 
 use super::config::{AuthMode, CinderConfig, StaticToken};
+use crate::keystone::{KeystoneConfig, KeystoneErrorKind, KeystoneValidator};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +19,8 @@ pub struct TokenInfo {
     pub roles: Vec<String>,
     /// RFC 3339; None when the token does not expire.
     pub expires_at: Option<String>,
+    /// The public image endpoint from the token's catalog (Keystone only).
+    pub image_endpoint: Option<String>,
 }
 
 impl TokenInfo {
@@ -30,15 +34,20 @@ pub enum AuthError {
     /// The token is unknown, expired or malformed: 401.
     #[error("{0}")]
     Invalid(String),
-    /// The identity service could not be asked: 401 too, as Cinder does.
+    /// The identity service could not be asked: 503, as keystonemiddleware.
     #[error("identity service unavailable: {0}")]
     Unavailable(String),
+    /// Our side of the check failed (e.g. Keystone refused our service
+    /// credentials): 500, details only in the log.
+    #[error("token check failed: {0}")]
+    Internal(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthErrorKind {
     Invalid,
     Unavailable,
+    Internal,
 }
 
 impl AuthError {
@@ -46,6 +55,7 @@ impl AuthError {
         match self {
             AuthError::Invalid(_) => AuthErrorKind::Invalid,
             AuthError::Unavailable(_) => AuthErrorKind::Unavailable,
+            AuthError::Internal(_) => AuthErrorKind::Internal,
         }
     }
 }
@@ -82,6 +92,7 @@ fn noauth_info(token: &str) -> Result<TokenInfo, AuthError> {
         project_id: project.to_string(),
         roles: vec!["admin".into(), "member".into()],
         expires_at: None,
+        image_endpoint: None,
     })
 }
 
@@ -112,6 +123,7 @@ impl TokenValidator for StaticTokens {
                     project_id: t.project_id.clone(),
                     roles: t.roles.clone(),
                     expires_at: None,
+                    image_endpoint: None,
                 }),
                 None => Err(AuthError::Invalid("the token is not valid".into())),
             }
@@ -119,20 +131,45 @@ impl TokenValidator for StaticTokens {
     }
 }
 
-/// The validator the config asks for. Keystone needs a validator given
-/// from outside (`keystone`); without one, start-up fails.
-pub fn validator_for(
-    cfg: &CinderConfig,
-    keystone: Option<Arc<dyn TokenValidator>>,
-) -> Result<Arc<dyn TokenValidator>, String> {
+/// Tokens checked by a Keystone v3 server.
+pub struct Keystone(KeystoneValidator);
+
+impl Keystone {
+    pub fn new(cfg: &KeystoneConfig) -> Result<Keystone, String> {
+        KeystoneValidator::new(cfg.clone()).map(Keystone)
+    }
+}
+
+impl TokenValidator for Keystone {
+    fn validate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenInfo, AuthError>> {
+        Box::pin(async move {
+            let t = self.0.validate(token).await.map_err(|e| match e.kind() {
+                KeystoneErrorKind::InvalidToken => AuthError::Invalid(e.to_string()),
+                KeystoneErrorKind::Unavailable => AuthError::Unavailable(e.to_string()),
+                KeystoneErrorKind::Internal => AuthError::Internal(e.to_string()),
+            })?;
+            Ok(TokenInfo {
+                image_endpoint: t.endpoint("image", "public").map(str::to_string),
+                expires_at: Some(t.expires_at.to_rfc3339()),
+                user_id: t.user_id,
+                project_id: t.project_id,
+                roles: t.roles,
+            })
+        })
+    }
+}
+
+/// The validator the config asks for.
+pub fn validator_for(cfg: &CinderConfig) -> Result<Arc<dyn TokenValidator>, String> {
     match cfg.auth {
         AuthMode::Noauth => Ok(Arc::new(NoAuth)),
         AuthMode::Static => Ok(Arc::new(StaticTokens::new(&cfg.tokens))),
-        AuthMode::Keystone => keystone.ok_or_else(|| {
-            "cinder.auth = \"keystone\": this build has no Keystone token validator yet; \
-             use auth = \"static\" or \"noauth\""
-                .to_string()
-        }),
+        AuthMode::Keystone => {
+            let k = cfg.keystone.as_ref().ok_or_else(|| {
+                "cinder.auth = \"keystone\" needs a [cinder.keystone] section".to_string()
+            })?;
+            Ok(Arc::new(Keystone::new(k)?))
+        }
     }
 }
 
@@ -155,12 +192,17 @@ mod tests {
     }
 
     #[test]
-    fn keystone_without_a_validator_fails_clearly() {
-        let cfg = CinderConfig {
+    fn keystone_needs_its_section() {
+        let mut cfg = CinderConfig {
             auth: AuthMode::Keystone,
             ..Default::default()
         };
-        let e = validator_for(&cfg, None).err().unwrap();
-        assert!(e.contains("Keystone"), "{e}");
+        let e = validator_for(&cfg).err().unwrap();
+        assert!(e.contains("[cinder.keystone]"), "{e}");
+        cfg.keystone = Some(KeystoneConfig {
+            service_token: Some("svc".into()),
+            ..Default::default()
+        });
+        assert!(validator_for(&cfg).is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! The `[cinder]` config section: the dialect's listener, how callers are
 //! authenticated, and the availability zone this node reports.
 
+use crate::keystone::KeystoneConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -33,6 +34,9 @@ pub struct CinderConfig {
     /// Largest request body accepted, in bytes (Cinder's default).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// The Keystone server and service credentials, for `auth = "keystone"`.
+    #[serde(default)]
+    pub keystone: Option<KeystoneConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -55,6 +59,7 @@ impl Default for CinderConfig {
             tokens: Vec::new(),
             availability_zone: default_zone(),
             max_body_bytes: default_max_body(),
+            keystone: None,
         }
     }
 }
@@ -124,6 +129,21 @@ impl CinderConfig {
                 return bad(&format!("tokens[{i}].token"), "appears twice".into());
             }
         }
+        match (&self.keystone, self.auth) {
+            (None, AuthMode::Keystone) => {
+                return bad(
+                    "keystone",
+                    "auth = \"keystone\" needs a [cinder.keystone] section (url and service credentials)"
+                        .into(),
+                );
+            }
+            (Some(k), AuthMode::Keystone) => {
+                if let Err(p) = k.validate() {
+                    return bad("keystone", p);
+                }
+            }
+            _ => {}
+        }
         if self.availability_zone.is_empty() || self.availability_zone.len() > 255 {
             return bad("availability_zone", "must be 1-255 characters".into());
         }
@@ -157,5 +177,22 @@ mod tests {
         let e = err("[cinder]\nbogus = 1\n");
         assert!(e.contains("bogus"), "{e}");
         assert!(Config::parse("", "t.toml").unwrap().cinder.enabled);
+    }
+
+    #[test]
+    fn keystone_needs_its_section_and_credentials() {
+        let e = err("[cinder]\nauth = \"keystone\"\n");
+        assert!(
+            e.contains("cinder.keystone") && e.contains("section"),
+            "{e}"
+        );
+        let e = err("[cinder]\nauth = \"keystone\"\n[cinder.keystone]\nurl = \"http://k:5000\"\n");
+        assert!(e.contains("service_token"), "{e}");
+        let ok = Config::parse(
+            "[cinder]\nlisten = \"0.0.0.0:1\"\nauth = \"keystone\"\n[cinder.keystone]\nurl = \"http://k:5000\"\nservice_token = \"svc\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.cinder.keystone.unwrap().url, "http://k:5000");
     }
 }

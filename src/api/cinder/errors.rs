@@ -1,6 +1,7 @@
 //! Cinder fault bodies, `{"badRequest": {"message": "...", "code": 400}}`,
 //! and the one function that turns service errors into them.
 
+use super::auth::{AuthError, AuthErrorKind};
 use crate::service::{ErrorKind, ServiceError};
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode};
@@ -54,6 +55,12 @@ impl CinderError {
             "The request you have made requires authentication.",
         )
     }
+    pub fn internal() -> CinderError {
+        CinderError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server has either erred or is incapable of performing the requested operation.",
+        )
+    }
     pub fn malformed() -> CinderError {
         CinderError::bad_request("Malformed request body")
     }
@@ -94,6 +101,7 @@ impl From<ServiceError> for CinderError {
                     "volume type" => "Volume type",
                     "snapshot" => "Snapshot",
                     "attachment" => "Volume attachment",
+                    "transfer" => "Transfer",
                     _ => "Volume",
                 };
                 CinderError::not_found(format!("{what} {id} could not be found."))
@@ -132,10 +140,32 @@ impl From<ServiceError> for CinderError {
             ),
             _ => {
                 tracing::error!(error = %crate::service::reason(&e), "request failed");
+                CinderError::internal()
+            }
+        }
+    }
+}
+
+/// Token checks that fail: a bad token is 401, an identity service that
+/// cannot be asked is 503 (as keystonemiddleware answers), our own failure
+/// is 500. Only the log has the details.
+impl From<AuthError> for CinderError {
+    fn from(e: AuthError) -> Self {
+        match e.kind() {
+            AuthErrorKind::Invalid => {
+                tracing::info!(error = %e, "token refused");
+                CinderError::unauthorized()
+            }
+            AuthErrorKind::Unavailable => {
+                tracing::warn!(error = %e, "token not checked");
                 CinderError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "The server has either erred or is incapable of performing the requested operation.",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The identity service is unavailable; try again later.",
                 )
+            }
+            AuthErrorKind::Internal => {
+                tracing::error!(error = %e, "token not checked");
+                CinderError::internal()
             }
         }
     }

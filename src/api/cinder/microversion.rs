@@ -40,6 +40,10 @@ pub const VOLUME_EXTEND_INUSE: Microversion = Microversion(3, 42);
 pub const SUPPORT_COUNT_INFO: Microversion = Microversion(3, 45);
 /// `shared_targets` and `service_uuid` in volume details.
 pub const VOLUME_SHARED_TARGETS_AND_SERVICE_FIELDS: Microversion = Microversion(3, 48);
+/// `/volume-transfers`, whose create takes `no_snapshots`.
+pub const TRANSFER_WITH_SNAPSHOTS: Microversion = Microversion(3, 55);
+/// `accepted`, `source_project_id` and `destination_project_id` in transfers.
+pub const TRANSFER_WITH_HISTORY: Microversion = Microversion(3, 57);
 /// `created_at` / `updated_at` filters with gt, gte, lt, lte, eq, neq.
 pub const VOLUME_TIME_COMPARISON_FILTER: Microversion = Microversion(3, 60);
 /// `cluster_name` in volume details (admin).

@@ -290,6 +290,7 @@ pub async fn extensions() -> Response {
         ext("os-vol-tenant-attr", "VolumeTenantAttribute", "Expose the internal project_id as an attribute of a volume."),
         ext("os-vol-host-attr", "VolumeHostAttribute", "Expose host as an attribute of a volume."),
         ext("os-volume-actions", "VolumeActions", "Enable volume actions."),
+        ext("os-volume-transfer", "VolumeTransfer", "Volume transfer management support."),
         ext("os-volume-type-access", "VolumeTypeAccess", "Volume type access support."),
     ]}))
     .into_response()

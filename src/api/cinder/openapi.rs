@@ -21,6 +21,21 @@ fn schema<T: PartialSchema + ToSchema>(m: &mut Map<String, Value>) {
     );
 }
 
+/// A boolean, or a Python-style string ("True", "false") as Cinder's
+/// clients send.
+fn python_bool() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{OneOfBuilder, Type};
+    use utoipa::openapi::{Object, ObjectBuilder, Schema};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(Object::with_type(Type::Boolean))
+            .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some(
+                "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]|1|0)$",
+            )))
+            .build(),
+    )
+}
+
 /// The body of `POST volumes`: `{"volume": VolumeCreate}`. Exactly one
 /// source at most (snapshot_id, source_volid); imageRef is refused.
 #[derive(Serialize, ToSchema)]
@@ -48,7 +63,7 @@ pub struct VolumeCreate {
     pub consistencygroup_id: Option<String>,
     pub metadata: Option<BTreeMap<String, String>>,
     /// true or false, or Python-style "True"/"False".
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = python_bool)]
     pub multiattach: Option<Value>,
 }
 
@@ -71,7 +86,7 @@ pub struct SnapshotCreate {
     pub display_name: Option<String>,
     pub display_description: Option<String>,
     /// Needed for an in-use volume before microversion 3.66.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = python_bool)]
     pub force: Option<Value>,
     pub metadata: Option<BTreeMap<String, String>>,
 }
@@ -83,6 +98,23 @@ pub struct SnapshotUpdate {
     pub description: Option<String>,
     pub display_name: Option<String>,
     pub display_description: Option<String>,
+}
+
+/// The body of a transfer create: `{"transfer": TransferCreate}`.
+#[derive(Serialize, ToSchema)]
+pub struct TransferCreate {
+    pub volume_id: String,
+    pub name: Option<String>,
+    /// volume-transfers only (microversion 3.55 and later).
+    #[schema(schema_with = python_bool)]
+    pub no_snapshots: Option<Value>,
+}
+
+/// The body of a transfer accept: `{"accept": TransferAccept}`.
+#[derive(Serialize, ToSchema)]
+pub struct TransferAccept {
+    /// The key the create answered.
+    pub auth_key: String,
 }
 
 /// The volume actions `POST volumes/{id}/action` takes, one key per body,
@@ -145,6 +177,18 @@ pub const ROUTES: &[Route] = &[
     ("get", "/snapshots/{id}/metadata/{key}", "One metadata item", 200, None, Some("MetaItem"), None),
     ("put", "/snapshots/{id}/metadata/{key}", "Set one metadata item", 200, Some("MetaItem"), Some("MetaItem"), None),
     ("delete", "/snapshots/{id}/metadata/{key}", "Delete one metadata item", 200, None, None, None),
+    ("get", "/os-volume-transfer", "List volume transfers", 200, None, Some("TransferList"), None),
+    ("post", "/os-volume-transfer", "Offer a volume to another project", 202, Some("TransferCreateBody"), Some("TransferOne"), None),
+    ("get", "/os-volume-transfer/detail", "List volume transfers in detail", 200, None, Some("TransferList"), None),
+    ("get", "/os-volume-transfer/{id}", "Show a volume transfer", 200, None, Some("TransferOne"), None),
+    ("delete", "/os-volume-transfer/{id}", "Cancel a volume transfer", 202, None, None, None),
+    ("post", "/os-volume-transfer/{id}/accept", "Accept a volume transfer", 202, Some("TransferAcceptBody"), Some("TransferOne"), None),
+    ("get", "/volume-transfers", "List volume transfers", 200, None, Some("TransferList"), Some(mv::TRANSFER_WITH_SNAPSHOTS)),
+    ("post", "/volume-transfers", "Offer a volume to another project", 202, Some("TransferCreateBody"), Some("TransferOne"), Some(mv::TRANSFER_WITH_SNAPSHOTS)),
+    ("get", "/volume-transfers/detail", "List volume transfers in detail", 200, None, Some("TransferList"), Some(mv::TRANSFER_WITH_SNAPSHOTS)),
+    ("get", "/volume-transfers/{id}", "Show a volume transfer", 200, None, Some("TransferOne"), Some(mv::TRANSFER_WITH_SNAPSHOTS)),
+    ("delete", "/volume-transfers/{id}", "Cancel a volume transfer", 202, None, None, Some(mv::TRANSFER_WITH_SNAPSHOTS)),
+    ("post", "/volume-transfers/{id}/accept", "Accept a volume transfer", 202, Some("TransferAcceptBody"), Some("TransferOne"), Some(mv::TRANSFER_WITH_SNAPSHOTS)),
     ("get", "/types", "List volume types", 200, None, Some("VolumeTypeList"), None),
     ("get", "/types/default", "The default volume type", 200, None, Some("VolumeTypeOne"), None),
     ("get", "/types/{id}", "Show a volume type", 200, None, Some("VolumeTypeOne"), None),
@@ -211,6 +255,10 @@ fn hand_schemas(m: &mut Map<String, Value>) {
         ("SnapshotOne", wrap("snapshot", r("SnapshotView"))),
         ("SnapshotList", list("snapshots", "SnapshotView")),
         ("VolumeTypeOne", wrap("volume_type", r("VolumeTypeView"))),
+        ("TransferOne", wrap("transfer", r("TransferView"))),
+        ("TransferList", list("transfers", "TransferView")),
+        ("TransferCreateBody", wrap("transfer", r("TransferCreate"))),
+        ("TransferAcceptBody", wrap("accept", r("TransferAccept"))),
         (
             "VolumeTypeList",
             wrap(
@@ -421,6 +469,9 @@ pub fn document() -> Value {
     schema::<VolumeView>(&mut schemas);
     schema::<SnapshotView>(&mut schemas);
     schema::<VolumeTypeView>(&mut schemas);
+    schema::<TransferView>(&mut schemas);
+    schema::<TransferCreate>(&mut schemas);
+    schema::<TransferAccept>(&mut schemas);
     schema::<VolumeCreate>(&mut schemas);
     schema::<VolumeUpdate>(&mut schemas);
     schema::<SnapshotCreate>(&mut schemas);

@@ -8,6 +8,7 @@ use super::Ctx;
 use super::microversion as mv;
 use crate::service::{VolumeDetail, VolumeType};
 use crate::store::model::{Attachment, Snapshot, Tag, Volume, VolumeState};
+use crate::store::{Transfer, TransferState};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -422,4 +423,56 @@ pub fn next_link(
     }
     q.append_pair("marker", last);
     Some(json!([{"href": format!("{}/{path}?{}", ctx.base, q.finish()), "rel": "next"}]))
+}
+
+/// A volume transfer under `collection` (`os-volume-transfer` or
+/// `volume-transfers`). The summary (lists, accept) has id, name,
+/// volume_id and links; the detail adds the rest.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferView {
+    pub id: String,
+    #[schema(required = true)]
+    pub name: Option<String>,
+    pub volume_id: String,
+    /// Detail views only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub created_at: Option<String>,
+    /// Shown once, in the answer of the create.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub auth_key: Option<String>,
+    /// Microversion 3.55 and later, detail views only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub no_snapshots: Option<bool>,
+    /// Microversion 3.57 and later, detail views only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub source_project_id: Option<String>,
+    /// Microversion 3.57 and later, detail views only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_project_id: Option<Option<String>>,
+    /// Microversion 3.57 and later, detail views only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub accepted: Option<bool>,
+    pub links: Vec<Link>,
+}
+
+pub fn transfer(ctx: &Ctx, collection: &str, t: &Transfer, full: bool) -> Value {
+    let history = full && ctx.at_least(mv::TRANSFER_WITH_HISTORY);
+    to_json(&TransferView {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        volume_id: t.volume_id.clone(),
+        created_at: full.then(|| t.created_at.clone()),
+        auth_key: None,
+        no_snapshots: (full && ctx.at_least(mv::TRANSFER_WITH_SNAPSHOTS)).then_some(t.no_snapshots),
+        source_project_id: history.then(|| t.project_id.clone()),
+        destination_project_id: history.then(|| t.destination_project_id.clone()),
+        accepted: history.then_some(t.state == TransferState::Accepted),
+        links: link_list(ctx, collection, &t.id),
+    })
 }
