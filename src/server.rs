@@ -188,7 +188,7 @@ impl Daemon {
         self.dialect(
             "cinder",
             crate::api::cinder::router(self.cinder.clone()),
-            None,
+            Some(crate::api::cinder::openapi::document()),
         )
     }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod errors;
 pub mod microversion;
 pub mod misc;
+pub mod openapi;
 pub mod snapshots;
 pub mod transfers;
 pub mod views;
@@ -107,72 +108,71 @@ const COLLECTIONS: &[&str] = &[
     "cgsnapshots",
 ];
 
+/// Declares the API routes once: the router gets each of them, and
+/// `ROUTE_PATHS` lists their paths, which the OpenAPI test compares with
+/// the document.
+macro_rules! route_table {
+    ($($path:literal => $handler:expr,)*) => {
+        /// Every path the API router serves, below the version and project
+        /// prefix that the front door strips.
+        pub const ROUTE_PATHS: &[&str] = &[$($path),*];
+
+        fn api_routes(r: Router<Arc<CinderState>>) -> Router<Arc<CinderState>> {
+            r$(.route($path, $handler))*
+        }
+    };
+}
+
+route_table! {
+    "/volumes" => get(volumes::list_summary).post(volumes::create),
+    "/volumes/detail" => get(volumes::list_detail),
+    "/volumes/summary" => get(volumes::summary),
+    "/volumes/{id}" => get(volumes::show)
+        .put(volumes::update)
+        .delete(volumes::delete),
+    "/volumes/{id}/action" => post(actions::action),
+    "/volumes/{id}/metadata" => get(volumes::metadata_show)
+        .post(volumes::metadata_merge)
+        .put(volumes::metadata_replace),
+    "/volumes/{id}/metadata/{key}" => get(volumes::metadata_key_show)
+        .put(volumes::metadata_key_put)
+        .delete(volumes::metadata_key_delete),
+    "/snapshots" => get(snapshots::list_summary).post(snapshots::create),
+    "/snapshots/detail" => get(snapshots::list_detail),
+    "/snapshots/{id}" => get(snapshots::show)
+        .put(snapshots::update)
+        .delete(snapshots::delete),
+    "/snapshots/{id}/metadata" => get(snapshots::metadata_show)
+        .post(snapshots::metadata_merge)
+        .put(snapshots::metadata_replace),
+    "/snapshots/{id}/metadata/{key}" => get(snapshots::metadata_key_show)
+        .put(snapshots::metadata_key_put)
+        .delete(snapshots::metadata_key_delete),
+    // Volume transfers: the old collection, and from 3.55 the new one
+    // (`transfers::OLD`, `transfers::NEW`).
+    "/os-volume-transfer" => get(transfers::list_summary).post(transfers::create),
+    "/os-volume-transfer/detail" => get(transfers::list_detail),
+    "/os-volume-transfer/{id}" => get(transfers::show).delete(transfers::delete),
+    "/os-volume-transfer/{id}/accept" => post(transfers::accept),
+    "/volume-transfers" => get(transfers::list_summary).post(transfers::create),
+    "/volume-transfers/detail" => get(transfers::list_detail),
+    "/volume-transfers/{id}" => get(transfers::show).delete(transfers::delete),
+    "/volume-transfers/{id}/accept" => post(transfers::accept),
+    "/types" => get(misc::list_types),
+    "/types/default" => get(misc::default_type),
+    "/types/{id}" => get(misc::show_type),
+    "/os-quota-sets/{project}" => get(misc::show_quota).put(misc::update_quota),
+    "/os-quota-sets/{project}/defaults" => get(misc::default_quota),
+    "/limits" => get(misc::limits),
+    "/os-availability-zone" => get(misc::availability_zones),
+    "/extensions" => get(misc::extensions),
+}
+
 /// The dialect's routes, below the version and project prefix that the
 /// front door strips.
 pub fn router(state: Arc<CinderState>) -> Router {
     let max_body = state.max_body;
-    let api = Router::new()
-        .route("/volumes", get(volumes::list_summary).post(volumes::create))
-        .route("/volumes/detail", get(volumes::list_detail))
-        .route("/volumes/summary", get(volumes::summary))
-        .route(
-            "/volumes/{id}",
-            get(volumes::show)
-                .put(volumes::update)
-                .delete(volumes::delete),
-        )
-        .route("/volumes/{id}/action", post(actions::action))
-        .route(
-            "/volumes/{id}/metadata",
-            get(volumes::metadata_show)
-                .post(volumes::metadata_merge)
-                .put(volumes::metadata_replace),
-        )
-        .route(
-            "/volumes/{id}/metadata/{key}",
-            get(volumes::metadata_key_show)
-                .put(volumes::metadata_key_put)
-                .delete(volumes::metadata_key_delete),
-        )
-        .route(
-            "/snapshots",
-            get(snapshots::list_summary).post(snapshots::create),
-        )
-        .route("/snapshots/detail", get(snapshots::list_detail))
-        .route(
-            "/snapshots/{id}",
-            get(snapshots::show)
-                .put(snapshots::update)
-                .delete(snapshots::delete),
-        )
-        .route(
-            "/snapshots/{id}/metadata",
-            get(snapshots::metadata_show)
-                .post(snapshots::metadata_merge)
-                .put(snapshots::metadata_replace),
-        )
-        .route(
-            "/snapshots/{id}/metadata/{key}",
-            get(snapshots::metadata_key_show)
-                .put(snapshots::metadata_key_put)
-                .delete(snapshots::metadata_key_delete),
-        )
-        .merge(transfer_routes(transfers::OLD))
-        .merge(transfer_routes(transfers::NEW))
-        .route("/types", get(misc::list_types))
-        .route("/types/default", get(misc::default_type))
-        .route("/types/{id}", get(misc::show_type))
-        .route(
-            "/os-quota-sets/{project}",
-            get(misc::show_quota).put(misc::update_quota),
-        )
-        .route(
-            "/os-quota-sets/{project}/defaults",
-            get(misc::default_quota),
-        )
-        .route("/limits", get(misc::limits))
-        .route("/os-availability-zone", get(misc::availability_zones))
-        .route("/extensions", get(misc::extensions))
+    let api = api_routes(Router::new())
         .fallback(no_route)
         .method_not_allowed_fallback(bad_method)
         .layer(DefaultBodyLimit::max(max_body))
@@ -180,20 +180,6 @@ pub fn router(state: Arc<CinderState>) -> Router {
     Router::new()
         .fallback_service(api)
         .layer(middleware::from_fn_with_state(state, front))
-}
-
-fn transfer_routes(coll: &str) -> Router<Arc<CinderState>> {
-    Router::new()
-        .route(
-            &format!("/{coll}"),
-            get(transfers::list_summary).post(transfers::create),
-        )
-        .route(&format!("/{coll}/detail"), get(transfers::list_detail))
-        .route(
-            &format!("/{coll}/{{id}}"),
-            get(transfers::show).delete(transfers::delete),
-        )
-        .route(&format!("/{coll}/{{id}}/accept"), post(transfers::accept))
 }
 
 async fn no_route() -> CinderError {
