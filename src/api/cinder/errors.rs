@@ -94,6 +94,8 @@ impl From<ServiceError> for CinderError {
                     "volume type" => "Volume type",
                     "snapshot" => "Snapshot",
                     "attachment" => "Volume attachment",
+                    "image" => "Image",
+                    "image metadata key" => "Image metadata key",
                     _ => "Volume",
                 };
                 CinderError::not_found(format!("{what} {id} could not be found."))
@@ -130,6 +132,13 @@ impl From<ServiceError> for CinderError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The service is shutting down; retry shortly.",
             ),
+            (_, ErrorKind::ImageService) => {
+                tracing::error!(error = %e, "image service failure");
+                CinderError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    crate::service::IMAGE_SERVICE_MESSAGE,
+                )
+            }
             _ => {
                 tracing::error!(error = %crate::service::reason(&e), "request failed");
                 CinderError::new(

@@ -136,6 +136,11 @@ fn volume_detail_base(ctx: &Ctx, zone: &str, i: &VolumeInfo) -> Map<String, Valu
     put("consistencygroup_id", Value::Null);
     put("multiattach", v.multiattach.into());
     put("os-vol-tenant-attr:tenant_id", v.project_id.clone().into());
+    // Cinder's volume_image_metadata extension: every version, and only
+    // for a volume made from an image.
+    if !i.detail.image_metadata.is_empty() {
+        put("volume_image_metadata", json!(i.detail.image_metadata));
+    }
     if ctx.caller.admin {
         put("migration_status", Value::Null);
         put("os-vol-host-attr:host", host.into());
