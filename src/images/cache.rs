@@ -126,7 +126,9 @@ impl ImageCache {
         manifest: &Manifest,
     ) -> super::Result<()> {
         if !valid_id(id) {
-            return Err(super::ImageError::Invalid(format!("{id:?} is not an image id")));
+            return Err(super::ImageError::Invalid(format!(
+                "{id:?} is not an image id"
+            )));
         }
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         manifest.write_to(&self.manifest(id))?;
@@ -230,7 +232,10 @@ mod tests {
         let h = hits();
         assert!(c.lookup(a, "sha512:x").is_some());
         assert!(hits() > h);
-        assert!(c.lookup(a, "sha512:other").is_none(), "stale content is dropped");
+        assert!(
+            c.lookup(a, "sha512:other").is_none(),
+            "stale content is dropped"
+        );
         entry(&c, a, 1 << 20);
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(c.lookup(b, "sha512:x").is_some());

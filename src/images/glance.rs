@@ -132,6 +132,9 @@ pub struct NewImage {
     pub visibility: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protected: Option<bool>,
+    /// The caller's project (Glance accepts one's own project as owner).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     #[serde(flatten)]
     pub properties: BTreeMap<String, String>,
 }
@@ -140,6 +143,9 @@ pub struct NewImage {
 pub struct Glance {
     base: String,
     http: reqwest::Client,
+    /// For uploads: Glance answers only once it has stored the whole
+    /// image, which can take longer than any read timeout.
+    upload_http: reqwest::Client,
 }
 
 /// Writes are grouped into blocks of this size; all-zero blocks become holes.
@@ -152,9 +158,14 @@ impl Glance {
             .read_timeout(timeout)
             .build()
             .map_err(|e| ImageError::Unavailable(format!("cannot build an HTTP client: {e}")))?;
+        let upload_http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| ImageError::Unavailable(format!("cannot build an HTTP client: {e}")))?;
         Ok(Glance {
             base: url.trim_end_matches('/').to_string(),
             http,
+            upload_http,
         })
     }
 
@@ -323,12 +334,13 @@ impl Glance {
             .map_err(|e| ImageError::io(format!("stat {}", path.display()), e))?
             .len();
         let body = reqwest::Body::wrap(FileBody::start(f));
-        let r = self
-            .req(
-                reqwest::Method::PUT,
-                &format!("/v2/images/{id}/file"),
-                token,
-            )
+        let mut r = self
+            .upload_http
+            .put(format!("{}/v2/images/{id}/file", self.base));
+        if let Some(t) = token {
+            r = r.header("X-Auth-Token", t);
+        }
+        let r = r
             .header("Content-Type", "application/octet-stream")
             .header("Content-Length", len)
             .body(body);
@@ -461,8 +473,7 @@ impl http_body::Body for FileBody {
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Bytes>, std::io::Error>>>
-    {
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Bytes>, std::io::Error>>> {
         self.rx
             .poll_recv(cx)
             .map(|o| o.map(|r| r.map(http_body::Frame::data)))
@@ -490,10 +501,7 @@ mod tests {
         assert_eq!(m["hw_x"], "3");
         assert_eq!(m["min_ram"], "512");
         assert!(!m.contains_key("self") && !m.contains_key("tags"));
-        assert_eq!(
-            img.expected_hash(),
-            Some(("sha512".into(), "def".into()))
-        );
+        assert_eq!(img.expected_hash(), Some(("sha512".into(), "def".into())));
         assert_eq!(img.fingerprint(), "sha512:def");
     }
 

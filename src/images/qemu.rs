@@ -82,8 +82,9 @@ pub fn info(qemu_img: &str, path: &Path) -> Result<Info> {
 
 /// Checks that the data really is `disk_format` and has no backing file.
 pub fn check(qemu_img: &str, path: &Path, disk_format: &str) -> Result<Info> {
-    let want = qemu_format(disk_format)
-        .ok_or_else(|| ImageError::Invalid(format!("disk_format {disk_format} is not supported")))?;
+    let want = qemu_format(disk_format).ok_or_else(|| {
+        ImageError::Invalid(format!("disk_format {disk_format} is not supported"))
+    })?;
     let i = info(qemu_img, path)?;
     if i.format != want {
         return Err(ImageError::Invalid(format!(
@@ -103,7 +104,15 @@ pub fn check(qemu_img: &str, path: &Path, disk_format: &str) -> Result<Info> {
 /// virtual size that reads as zeros (a new sparse file).
 pub fn convert_to_raw(qemu_img: &str, src: &Path, format: &str, dst: &Path) -> Result<()> {
     run(Command::new(qemu_img)
-        .args(["convert", "-f", format, "-O", "raw", "-n", "--target-is-zero"])
+        .args([
+            "convert",
+            "-f",
+            format,
+            "-O",
+            "raw",
+            "-n",
+            "--target-is-zero",
+        ])
         .args(["-W", "-m", "16", "-t", "unsafe"])
         .arg(src)
         .arg(dst))?;

@@ -286,12 +286,10 @@ impl Metrics {
         }
         self.copies_failed
             .inc_by(copy_stats::failed().saturating_sub(self.copies_failed.get()));
-        self.image_cache_hits.inc_by(
-            crate::images::cache::hits().saturating_sub(self.image_cache_hits.get()),
-        );
-        self.image_cache_misses.inc_by(
-            crate::images::cache::misses().saturating_sub(self.image_cache_misses.get()),
-        );
+        self.image_cache_hits
+            .inc_by(crate::images::cache::hits().saturating_sub(self.image_cache_hits.get()));
+        self.image_cache_misses
+            .inc_by(crate::images::cache::misses().saturating_sub(self.image_cache_misses.get()));
         let (n, done, _) = svc.copies_in_flight();
         self.copies_in_flight.set(n as i64);
         self.copy_bytes_in_flight.set(done as i64);

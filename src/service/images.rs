@@ -356,7 +356,13 @@ impl Service {
             if im.cache.is_some() && std::fs::rename(dl.path(), target).is_ok() {
                 // The download (holes kept) is the raw form.
             } else {
-                copy::copy(dl.path(), target, &plain, &Progress::new(), &CancelToken::new())?;
+                copy::copy(
+                    dl.path(),
+                    target,
+                    &plain,
+                    &Progress::new(),
+                    &CancelToken::new(),
+                )?;
             }
         } else {
             let f = std::fs::File::create(target)
@@ -471,6 +477,7 @@ impl Service {
                     container_format: req.container_format.clone(),
                     visibility: req.visibility.clone(),
                     protected: req.protected,
+                    owner: Some(caller.project_id.clone()),
                     properties,
                 },
                 token,
@@ -482,13 +489,7 @@ impl Service {
             disk_format: req.disk_format.clone(),
             back_to: v.state.as_str().to_string(),
         };
-        let job = self.new_job(
-            JobKind::UploadImage,
-            caller,
-            id,
-            &params,
-            JobState::Pending,
-        );
+        let job = self.new_job(JobKind::UploadImage, caller, id, &params, JobState::Pending);
         let now = self.now();
         let moved = self
             .store
@@ -537,7 +538,11 @@ impl Service {
                 flush(Path::new(&x.host_path)).map_err(ImageError::Tool)?;
             }
             if disk_format == "qcow2" {
-                let q = TempFile::new(self.images.tmp_dir.join(format!("{volume_id}.upload.qcow2")));
+                let q = TempFile::new(
+                    self.images
+                        .tmp_dir
+                        .join(format!("{volume_id}.upload.qcow2")),
+                );
                 qemu::convert_to_qcow2(&self.images.qemu_img, &src, q.path())?;
                 rt.block_on(glance.upload(image_id, token.as_deref(), q.path()))
             } else {
@@ -585,9 +590,18 @@ impl Service {
         };
         let rows = self
             .store
-            .change_image_metadata(caller.scope(), id, UPDATABLE, &change, Some(&job), &self.now())
+            .change_image_metadata(
+                caller.scope(),
+                id,
+                UPDATABLE,
+                &change,
+                Some(&job),
+                &self.now(),
+            )
             .map_err(|e| match (e, &key) {
-                (StoreError::NotFound, Some(k)) if self.store.get_volume(caller.scope(), id).is_ok() => {
+                (StoreError::NotFound, Some(k))
+                    if self.store.get_volume(caller.scope(), id).is_ok() =>
+                {
                     ServiceError::NotFound {
                         what: "image metadata key",
                         id: k.clone(),

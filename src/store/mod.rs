@@ -2,9 +2,9 @@
 //! versioned migrations. All SQL in blockd lives here, behind typed calls;
 //! each call that changes state runs in one transaction.
 
+mod images;
 pub mod model;
 mod transfers;
-mod images;
 
 pub use transfers::{Acceptance, Transfer, TransferQuery, TransferQuota, TransferState};
 mod stats;

@@ -25,12 +25,22 @@ filesystem_store_datadir = $dir/images
 filesystem_store_datadir = $dir/staging
 [os_glance_tasks_store]
 filesystem_store_datadir = $dir/tasks
+[image_format]
+# Tests upload data that does not match its disk_format on purpose, to
+# check that blockd's own qemu-img check catches it.
+require_image_format_match = false
 [paste_deploy]
 config_file = $dir/conf/glance-api-paste.ini
 [oslo_policy]
 enforce_new_defaults = false
 enforce_scope = false
+policy_file = $dir/conf/policy.yaml
 CONF
+# The noauth context has no roles; let it make public images too.
+cat >"$dir/conf/policy.yaml" <<POLICY
+"publicize_image": ""
+"communitize_image": ""
+POLICY
 export OS_GLANCE_CONFIG_DIR="$dir/conf"
 "$venv/bin/glance-manage" --config-file "$dir/conf/glance-api.conf" db_sync >"$dir/db_sync.log" 2>&1 ||
   { cat "$dir/db_sync.log" >&2; exit 1; }

@@ -513,7 +513,10 @@ async fn create_volume(
     }
     let mut req = req;
     if let Some(src) = req.image.take() {
-        let img = st.svc.lookup_image(&ctx.caller, &src.image.id, None).await?;
+        let img = st
+            .svc
+            .lookup_image(&ctx.caller, &src.image.id, None)
+            .await?;
         req.image = Some(crate::service::ImageSource {
             image: img,
             token: None,
