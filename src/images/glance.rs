@@ -371,6 +371,9 @@ fn is_zero(b: &[u8]) -> bool {
     pre.iter().all(|x| *x == 0) && mid.iter().all(|x| *x == 0) && post.iter().all(|x| *x == 0)
 }
 
+/// Feeds a digest (Some) or finishes it, answering the hex digest (None).
+type DigestFn = Box<dyn FnMut(Option<&[u8]>) -> Option<String> + Send>;
+
 /// A checksum computed on its own thread, fed the chunks as they arrive.
 struct Hasher {
     tx: std::sync::mpsc::SyncSender<Bytes>,
@@ -381,7 +384,7 @@ impl Hasher {
     fn start(algo: &str) -> Result<Hasher> {
         use md5::Digest;
         let algo = algo.to_ascii_lowercase();
-        let mut d: Box<dyn FnMut(Option<&[u8]>) -> Option<String> + Send> = match algo.as_str() {
+        let mut d: DigestFn = match algo.as_str() {
             "md5" => digest_fn(md5::Md5::new()),
             "sha256" => digest_fn(sha2::Sha256::new()),
             "sha384" => digest_fn(sha2::Sha384::new()),
@@ -419,7 +422,7 @@ impl Hasher {
 
 fn digest_fn<D: md5::Digest + Send + 'static>(
     d: D,
-) -> Box<dyn FnMut(Option<&[u8]>) -> Option<String> + Send> {
+) -> DigestFn {
     let mut d = Some(d);
     Box::new(move |b| match b {
         Some(b) => {

@@ -60,9 +60,8 @@ impl Default for ImagesConfig {
 
 impl ImagesConfig {
     pub fn validate(&self) -> std::result::Result<(), (String, String)> {
-        if !self.glance_url.is_empty()
-            && !(self.glance_url.starts_with("http://") || self.glance_url.starts_with("https://"))
-        {
+        let u = &self.glance_url;
+        if !(u.is_empty() || u.starts_with("http://") || u.starts_with("https://")) {
             return Err((
                 "images.glance_url".into(),
                 "must start with http:// or https://".into(),
