@@ -300,6 +300,15 @@ fn fault_message(v: &Value) -> String {
         .to_string()
 }
 
+/// Waits up to 60 s for `cond`.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn dir_names(p: &Path) -> Vec<String> {
     std::fs::read_dir(p)
         .map(|rd| {
@@ -411,12 +420,12 @@ async fn volumes_from_images_and_back_with_real_glance() {
     assert_eq!(v["volume_image_metadata"]["hw_disk_bus"], "virtio");
     assert_eq!(v["volume_image_metadata"]["disk_format"], "qcow2");
     assert!(blockd::images::cache::misses() > m0, "first create misses");
+    // The cache entry is built from the download once the volume is ready.
     let cache_dir = d.dir.path().join("data/image-cache");
-    assert!(
-        cache_dir.join(format!("{qcow_id}.raw")).exists(),
-        "cache holds the raw form: {:?}",
-        dir_names(&cache_dir)
-    );
+    eventually("the cache holds the raw form", || {
+        cache_dir.join(format!("{qcow_id}.json")).exists()
+    })
+    .await;
     let v2 = create_ok(
         &member_a,
         json!({"size": 2, "imageRef": format!("{}/v2/images/{qcow_id}", g.url)}),
@@ -565,12 +574,13 @@ async fn volumes_from_images_and_back_with_real_glance() {
     wait(&member_a, &vb, &["error"]).await;
     let why = scp.get(&format!("/blockd/v1/volumes/{vb}")).await;
     assert!(why.text.contains("checksum"), "reason: {}", why.text);
-    // Nothing of the failed creates is left behind.
-    assert!(
-        dir_names(&d.dir.path().join("data/image-tmp")).is_empty(),
-        "temp dir: {:?}",
-        dir_names(&d.dir.path().join("data/image-tmp"))
-    );
+    // Nothing of the failed creates is left behind (background cache
+    // fills of the good ones finish and remove their downloads).
+    let tmp_dir = d.dir.path().join("data/image-tmp");
+    eventually("the image temp dir is empty", || {
+        dir_names(&tmp_dir).is_empty()
+    })
+    .await;
     let cached = dir_names(&cache_dir);
     assert!(
         !cached

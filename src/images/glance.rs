@@ -420,9 +420,7 @@ impl Hasher {
     }
 }
 
-fn digest_fn<D: md5::Digest + Send + 'static>(
-    d: D,
-) -> DigestFn {
+fn digest_fn<D: md5::Digest + Send + 'static>(d: D) -> DigestFn {
     let mut d = Some(d);
     Box::new(move |b| match b {
         Some(b) => {

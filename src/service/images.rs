@@ -47,11 +47,13 @@ pub struct UploadImage {
 /// Glance, the cache, qemu-img and the temp dir, built from the config.
 pub(super) struct Images {
     glance: Option<Glance>,
-    cache: Option<ImageCache>,
+    cache: Option<Arc<ImageCache>>,
     tmp_dir: PathBuf,
     qemu_img: String,
     /// Tokens of callers whose jobs still have to talk to Glance, by volume.
     tokens: Mutex<HashMap<String, String>>,
+    /// Images whose cache entry is being built in the background.
+    filling: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Removes a file when dropped, unless disarmed.
@@ -116,7 +118,7 @@ impl Images {
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or_else(|| data_dir.join("image-cache"));
             match ImageCache::open(&dir, ic.cache_size_gib * GIB) {
-                Ok(c) => Some(c),
+                Ok(c) => Some(Arc::new(c)),
                 Err(e) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "images: cache unavailable; every create downloads");
                     None
@@ -131,6 +133,7 @@ impl Images {
             tmp_dir,
             qemu_img: ic.qemu_img.clone(),
             tokens: Mutex::new(HashMap::new()),
+            filling: Arc::new(Mutex::new(std::collections::HashSet::new())),
         }
     }
 
@@ -345,59 +348,94 @@ impl Service {
                 info.virtual_size
             )));
         }
-        // The raw form goes to the cache's temp file, or straight into the
-        // volume when there is no cache.
-        let raw = match &im.cache {
-            Some(c) => TempFile::new(c.temp_raw(&img.id, volume_id)),
-            None => TempFile(None),
-        };
-        let target: &Path = if im.cache.is_some() { raw.path() } else { tmp };
+        // The raw form goes straight into the volume; the cache entry is
+        // built from the download afterwards, off the create's path.
         if qfmt == "raw" {
-            if im.cache.is_some() && std::fs::rename(dl.path(), target).is_ok() {
-                // The download (holes kept) is the raw form.
-            } else {
-                copy::copy(
-                    dl.path(),
-                    target,
-                    &plain,
-                    &Progress::new(),
-                    &CancelToken::new(),
-                )?;
-            }
+            copy::copy(
+                dl.path(),
+                tmp,
+                &plain,
+                &Progress::new(),
+                &CancelToken::new(),
+            )?;
         } else {
-            let f = std::fs::File::create(target)
-                .map_err(|e| ImageError::io(format!("create {}", target.display()), e))?;
+            let f = std::fs::File::create(tmp)
+                .map_err(|e| ImageError::io(format!("create {}", tmp.display()), e))?;
             f.set_len(info.virtual_size)
-                .map_err(|e| ImageError::io(format!("size {}", target.display()), e))?;
+                .map_err(|e| ImageError::io(format!("size {}", tmp.display()), e))?;
             drop(f);
-            qemu::convert_to_raw(&im.qemu_img, dl.path(), qfmt, target)?;
+            qemu::convert_to_raw(&im.qemu_img, dl.path(), qfmt, tmp)?;
         }
-        drop(dl);
-        let Some(cache) = &im.cache else {
-            return Ok(());
-        };
-        // Copy into the volume, building the manifest the cache keeps.
-        let with_manifest = CopyOptions {
-            manifest: true,
-            ..plain
-        };
-        let report = copy::copy(
-            raw.path(),
-            tmp,
-            &with_manifest,
-            &Progress::new(),
-            &CancelToken::new(),
-        )?;
-        match report.manifest {
-            Some(m) => match cache.insert(&img.id, &fp, raw.path(), &m) {
-                Ok(()) => raw.keep(),
-                Err(e) => {
-                    tracing::warn!(image = %img.id, error = %e, "image cache: cannot keep the image")
-                }
-            },
-            None => tracing::warn!(image = %img.id, "image cache: the copy built no manifest"),
+        if im.cache.is_some() {
+            self.fill_cache_later(img, dl, qfmt, info.virtual_size);
         }
         Ok(())
+    }
+
+    /// Builds the cache entry of `img` from its verified download on a
+    /// thread of its own; the download is removed when it is done.
+    fn fill_cache_later(&self, img: &Image, dl: TempFile, qfmt: &'static str, vsize: u64) {
+        let Some(cache) = self.images.cache.as_ref() else {
+            return;
+        };
+        {
+            let mut f = self
+                .images
+                .filling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !f.insert(img.id.clone()) {
+                return; // Another create is filling it already.
+            }
+        }
+        let id = img.id.clone();
+        let fp = img.fingerprint();
+        let raw = cache.temp_raw(&id, &uuid::Uuid::new_v4().to_string());
+        let cache = Arc::clone(cache);
+        let qemu_img = self.images.qemu_img.clone();
+        let filling = Arc::clone(&self.images.filling);
+        let spawned = std::thread::Builder::new()
+            .name("image-cache-fill".into())
+            .spawn(move || {
+                let raw = TempFile::new(raw);
+                let built = (|| -> std::result::Result<(), ImageError> {
+                    if qfmt == "raw" {
+                        std::fs::rename(dl.path(), raw.path())
+                            .map_err(|e| ImageError::io("move the download into the cache", e))?;
+                    } else {
+                        let f = std::fs::File::create(raw.path())
+                            .map_err(|e| ImageError::io("create a cache file", e))?;
+                        f.set_len(vsize)
+                            .map_err(|e| ImageError::io("size a cache file", e))?;
+                        drop(f);
+                        qemu::convert_to_raw(&qemu_img, dl.path(), qfmt, raw.path())?;
+                    }
+                    drop(dl);
+                    let m = copy::compute_manifest(raw.path())?;
+                    cache.insert(&id, &fp, raw.path(), &m)
+                })();
+                match built {
+                    Ok(()) => {
+                        raw.keep();
+                        tracing::info!(image = %id, "image cache: entry ready");
+                    }
+                    Err(e) => {
+                        tracing::warn!(image = %id, error = %reason(&e), "image cache: cannot keep the image")
+                    }
+                }
+                filling
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "image cache: cannot start the fill thread");
+            self.images
+                .filling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&img.id);
+        }
     }
 
     /// Starts an upload of a volume to a new Glance image; answers the
