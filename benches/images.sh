@@ -124,7 +124,7 @@ med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2
 echo
 echo "| path | seconds (median of $RUNS) |"
 echo "|---|---|"
-printf '| blockd cold (download, sha512, qemu-img, copy, cache fill) | %.2f |\n' "$(med "${COLD[@]}")"
+printf '| blockd cold (download, sha512, qemu-img into the volume, fsync) | %.2f |\n' "$(med "${COLD[@]}")"
 printf '| blockd from the image cache (verified copy) | %.2f |\n' "$(med "${HIT[@]}")"
 printf '| qemu-img convert -O raw (local file, no sync) | %.2f |\n' "$(med "${QEMU[@]}")"
 printf '| qemu-img convert -O raw, then sync | %.2f |\n' "$(med "${QEMUSYNC[@]}")"
