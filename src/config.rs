@@ -53,6 +53,8 @@ pub struct Config {
     pub daemon: crate::ops::DaemonConfig,
     #[serde(default)]
     pub metrics: crate::ops::MetricsConfig,
+    #[serde(default)]
+    pub images: crate::images::ImagesConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -334,6 +336,7 @@ impl Config {
             .parse::<SocketAddr>()
             .map_err(|e| bad("scp.listen".into(), format!("not an address:port ({e})")))?;
         crate::ops::validate(&self.daemon, &self.metrics).map_err(|(k, p)| bad(k, p))?;
+        self.images.validate().map_err(|(k, p)| bad(k, p))?;
         if self.scp.max_body_bytes < 1024 {
             return Err(bad(
                 "scp.max_body_bytes".into(),

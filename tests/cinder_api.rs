@@ -453,7 +453,8 @@ async fn create_volume_follows_the_spec() {
         .status,
         StatusCode::ACCEPTED
     );
-    // Images: a bad identifier, then not supported yet.
+    // Images: a bad identifier; with no image service configured, 500
+    // (tests/images.rs covers a real Glance).
     let m = expect_fault(
         &c.post(
             "/volumes",
@@ -468,20 +469,20 @@ async fn create_volume_follows_the_spec() {
     let m = expect_fault(
         &c.post("/volumes", json!({"volume": {"size": 1, "imageRef": img}}))
             .await,
-        400,
-        "badRequest",
+        500,
+        "computeFault",
     );
-    assert!(m.contains("not supported yet"), "{m}");
+    assert!(m.contains("image service"), "{m}");
     let m = expect_fault(
         &c.post(
             "/volumes",
             json!({"volume": {"size": 1, "imageRef": format!("http://glance/v2/images/{img}")}}),
         )
         .await,
-        400,
-        "badRequest",
+        500,
+        "computeFault",
     );
-    assert!(m.contains("not supported yet"), "{m}");
+    assert!(m.contains("image service"), "{m}");
     // Source volume: not a UUID 400, unknown 404.
     expect_fault(
         &c.post(

@@ -163,6 +163,9 @@ pub enum VolumeCommand {
         /// Make it from this snapshot.
         #[arg(long)]
         snapshot: Option<String>,
+        /// Fill it from this Glance image (marks it bootable).
+        #[arg(long = "image", conflicts_with = "snapshot")]
+        image_id: Option<String>,
         #[arg(long)]
         wait: bool,
     },
@@ -322,6 +325,7 @@ async fn run_remote(cmd: Command) -> Result<ExitCode, Failure> {
                 size,
                 volume_type,
                 snapshot,
+                image_id,
                 wait,
             } => {
                 let mut body = json!({"name": name, "size": size});
@@ -330,6 +334,9 @@ async fn run_remote(cmd: Command) -> Result<ExitCode, Failure> {
                 }
                 if let Some(s) = snapshot {
                     body["snapshot_id"] = s.into();
+                }
+                if let Some(i) = image_id {
+                    body["image_id"] = i.into();
                 }
                 let (_, v) = c.call(Method::POST, "/v1/volumes", Some(&body)).await?;
                 let v = if wait {

@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+pub(crate) use manifest::compute as compute_manifest;
 pub use manifest::{CHUNK_SIZE, Manifest, VerifyReport, verify};
 
 /// Which engine the caller wants.

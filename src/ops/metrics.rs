@@ -52,6 +52,8 @@ pub struct Metrics {
     copies_in_flight: Gauge,
     copy_bytes_in_flight: Gauge,
     copy_engine: Family<Labels, Gauge>,
+    image_cache_hits: Counter,
+    image_cache_misses: Counter,
     /// One scrape at a time: gauges are rebuilt, then encoded.
     scrape: Mutex<()>,
 }
@@ -86,6 +88,8 @@ impl Metrics {
             copies_in_flight: Gauge::default(),
             copy_bytes_in_flight: Gauge::default(),
             copy_engine: Family::default(),
+            image_cache_hits: Counter::default(),
+            image_cache_misses: Counter::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -159,6 +163,16 @@ impl Metrics {
             "copy_in_flight_bytes_done",
             "Bytes done by the snapshot copies running now",
             m.copy_bytes_in_flight.clone(),
+        );
+        r.register(
+            "image_cache_hits",
+            "Volumes made from an image copied from the image cache",
+            m.image_cache_hits.clone(),
+        );
+        r.register(
+            "image_cache_misses",
+            "Volumes made from an image that had to download it (cache on)",
+            m.image_cache_misses.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -272,6 +286,10 @@ impl Metrics {
         }
         self.copies_failed
             .inc_by(copy_stats::failed().saturating_sub(self.copies_failed.get()));
+        self.image_cache_hits
+            .inc_by(crate::images::cache::hits().saturating_sub(self.image_cache_hits.get()));
+        self.image_cache_misses
+            .inc_by(crate::images::cache::misses().saturating_sub(self.image_cache_misses.get()));
         let (n, done, _) = svc.copies_in_flight();
         self.copies_in_flight.set(n as i64);
         self.copy_bytes_in_flight.set(done as i64);

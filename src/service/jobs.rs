@@ -141,6 +141,16 @@ impl Service {
             (JobParams::Detach { server_id }, Ok(())) => {
                 self.drop_attachment(&volume_id, server_id, None)
             }
+            (JobParams::UploadImage { back_to, .. }, Ok(())) => VolumeEffect::SetState {
+                state: VolumeState::parse(back_to).unwrap_or(VolumeState::Available),
+                size_gib: None,
+                error_reason: None,
+            },
+            (JobParams::UploadImage { .. }, Err(e)) => VolumeEffect::SetState {
+                state: VolumeState::Error,
+                size_gib: None,
+                error_reason: Some(e.clone()),
+            },
             (JobParams::Detach { .. }, Err(e)) => VolumeEffect::SetState {
                 state: VolumeState::InUse,
                 size_gib: None,
@@ -177,8 +187,21 @@ impl Service {
             JobParams::Create {
                 size_gib,
                 provisioning,
+                from_image: Some(img),
+                ..
+            } => {
+                self.image_fill(id, img, size_gib * GIB, backend)?;
+                backend
+                    .extend(id, size_gib * GIB, *provisioning)
+                    .map(|_| ())
+                    .map_err(|e| err(&e))
+            }
+            JobParams::Create {
+                size_gib,
+                provisioning,
                 from_snapshot: None,
                 from_volume: None,
+                ..
             } => backend
                 .create(id, size_gib * GIB, *provisioning)
                 .map(|_| ())
@@ -201,6 +224,7 @@ impl Service {
                 provisioning,
                 from_snapshot: None,
                 from_volume: Some(src),
+                ..
             } => {
                 self.clone_copy(src, id, size_gib * GIB, backend)?;
                 backend
@@ -246,6 +270,11 @@ impl Service {
             }
             JobParams::Delete => backend.delete(id).map(|_| ()).map_err(|e| err(&e)),
             JobParams::Update | JobParams::Transfer { .. } => Ok(()),
+            JobParams::UploadImage {
+                image_id,
+                disk_format,
+                ..
+            } => self.image_upload(id, image_id, disk_format, backend),
             JobParams::Attach { .. } => {
                 let v = self.store.get_volume(None, id).map_err(|e| err(&e))?;
                 self.ensure_export(&v, backend)

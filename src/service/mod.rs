@@ -5,10 +5,12 @@
 //! across restarts too.
 
 mod extras;
+mod images;
 mod jobs;
 mod snapshots;
 mod transfers;
 
+pub use images::{ImageSource, UploadImage};
 pub use snapshots::CreateSnapshot;
 pub use transfers::{CreateTransfer, NewTransfer};
 
@@ -62,11 +64,18 @@ pub enum ServiceError {
     },
     #[error("service is shutting down")]
     Unavailable,
+    /// The image service is unset, unreachable or failing.
+    #[error("image service: {0}")]
+    ImageService(String),
     #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
+
+/// What a client is told when the image service fails (the log has why).
+pub const IMAGE_SERVICE_MESSAGE: &str = "Failed to communicate with the image service (Glance): \
+     it is unreachable, misconfigured or failing. Nothing was changed; retry later.";
 
 /// A job's failure as the volume's error reason shows it.
 pub(crate) fn reason(e: &dyn std::error::Error) -> String {
@@ -87,6 +96,8 @@ pub enum ErrorKind {
     Conflict,
     QuotaExceeded,
     Unavailable,
+    /// The image service (Glance) cannot serve the request.
+    ImageService,
     Internal,
 }
 
@@ -98,6 +109,7 @@ impl ServiceError {
             ServiceError::Conflict(_) => ErrorKind::Conflict,
             ServiceError::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
             ServiceError::Unavailable => ErrorKind::Unavailable,
+            ServiceError::ImageService(_) => ErrorKind::ImageService,
             ServiceError::Store(_) | ServiceError::Backend(_) => ErrorKind::Internal,
         }
     }
@@ -161,6 +173,8 @@ pub struct VolumeType {
 pub struct VolumeDetail {
     pub volume: Volume,
     pub attachments: Vec<Attachment>,
+    /// The image the volume was made from (empty for other volumes).
+    pub image_metadata: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -175,6 +189,8 @@ pub struct CreateVolume {
     pub tags: Vec<Tag>,
     pub max_iops: Option<u32>,
     pub max_throughput: Option<u32>,
+    /// Fill the new volume from this image (already looked up).
+    pub image: Option<ImageSource>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +212,10 @@ pub(crate) enum JobParams {
         /// Fill the new volume with a copy of this volume.
         #[serde(default)]
         from_volume: Option<String>,
+        /// Fill the new volume from this image (the record looked up at
+        /// create time; the caller's token is kept in memory only).
+        #[serde(default)]
+        from_image: Option<Box<crate::images::Image>>,
     },
     Extend {
         from_gib: u64,
@@ -227,6 +247,13 @@ pub(crate) enum JobParams {
     Transfer {
         transfer_id: String,
     },
+    /// Upload the volume's content to a Glance image made for it.
+    UploadImage {
+        image_id: String,
+        disk_format: String,
+        /// The state the volume returns to.
+        back_to: String,
+    },
 }
 
 pub struct Service {
@@ -246,6 +273,8 @@ pub struct Service {
     copy_options: crate::copy::CopyOptions,
     /// Set when shutdown stops copies: their jobs stay unfinished.
     stopping: std::sync::atomic::AtomicBool,
+    /// Glance, the image cache and qemu-img.
+    images: images::Images,
 }
 
 /// Volume type ids derived from names stay the same across restarts.
@@ -317,6 +346,7 @@ impl Service {
             copies: std::sync::Mutex::new(HashMap::new()),
             copy_options: crate::copy::CopyOptions::default(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            images: images::Images::new(cfg),
         }
         .with_stored_quota_limits()
     }
@@ -438,9 +468,11 @@ impl Service {
 
     fn detail(&self, volume: Volume) -> Result<VolumeDetail> {
         let attachments = self.store.attachments(&volume.id)?;
+        let image_metadata = self.store.image_metadata(&volume.id)?.into_iter().collect();
         Ok(VolumeDetail {
             volume,
             attachments,
+            image_metadata,
         })
     }
 
@@ -502,6 +534,9 @@ impl Service {
         if let Some(src) = &req.source_volid {
             self.check_clone_source(caller, src, req.size_gib)?;
         }
+        if let Some(img) = &req.image {
+            self.check_image_fits(&img.image, req.size_gib)?;
+        }
         self.backend(&vt.backend)?;
         let now = self.now();
         let volume = Volume {
@@ -531,6 +566,7 @@ impl Service {
             provisioning: vt.provisioning,
             from_snapshot: volume.snapshot_id.clone(),
             from_volume: volume.source_volid.clone(),
+            from_image: req.image.as_ref().map(|i| Box::new(i.image.clone())),
         };
         let job = self.new_job(
             JobKind::CreateVolume,
@@ -550,6 +586,9 @@ impl Service {
                 add_gigabytes: volume.size_gib,
             },
         )?;
+        if let Some(img) = &req.image {
+            self.keep_image_token(&volume.id, img.token.clone());
+        }
         tracing::info!(volume = %volume.id, job = %job.id, size_gib = volume.size_gib, "volume create accepted");
         self.spawn_job(job);
         self.detail(volume)

@@ -2,11 +2,13 @@
 //! versioned migrations. All SQL in blockd lives here, behind typed calls;
 //! each call that changes state runs in one transaction.
 
+mod images;
 pub mod model;
 mod transfers;
 
 pub use transfers::{Acceptance, Transfer, TransferQuery, TransferQuota, TransferState};
 mod stats;
+pub use images::ImageMetaChange;
 pub use stats::{Group, StoreStats};
 
 use model::*;
@@ -294,6 +296,15 @@ const MIGRATIONS: &[&str] = &[
         resource TEXT NOT NULL,
         hard_limit INTEGER NOT NULL,
         PRIMARY KEY (project_id, resource)
+    );
+    "#,
+    // 5: the image a volume was made from (Cinder's volume_image_metadata).
+    r#"
+    CREATE TABLE volume_image_metadata (
+        volume_id TEXT NOT NULL REFERENCES volumes(id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (volume_id, key)
     );
     "#,
 ];

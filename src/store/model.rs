@@ -46,6 +46,7 @@ string_enum!(
         ErrorExtending => "error_extending",
         ErrorDeleting => "error_deleting",
         ErrorRestoring => "error_restoring",
+        Uploading => "uploading",
     }
 );
 
@@ -61,6 +62,7 @@ impl VolumeState {
                 | VolumeState::Extending
                 | VolumeState::Deleting
                 | VolumeState::Restoring
+                | VolumeState::Uploading
         )
     }
 
@@ -92,6 +94,7 @@ string_enum!(
         AcceptTransfer => "accept_transfer",
         DeleteTransfer => "delete_transfer",
         SetQuota => "set_quota",
+        UploadImage => "upload_image",
     }
 );
 

@@ -174,6 +174,44 @@ pub async fn action(
             st.svc.revert_volume(&ctx.caller, &id, &sid)?;
             Ok(accepted())
         }
+        "os-volume_upload_image" => upload_image(&st, &ctx, &i, &args).await,
+        "os-show_image_metadata" => {
+            let m = st.svc.image_metadata(&ctx.caller, &id)?;
+            Ok(Json(json!({ "metadata": m })).into_response())
+        }
+        "os-set_image_metadata" => {
+            let Some(meta) = args.get("metadata") else {
+                return Err(CinderError::malformed());
+            };
+            let entries = super::volumes::metadata_field(meta)?
+                .into_iter()
+                .map(|t| (t.key, t.value.unwrap_or_default()))
+                .collect();
+            let m = st.svc.change_image_metadata(
+                &ctx.caller,
+                &id,
+                crate::store::ImageMetaChange::Merge(entries),
+            )?;
+            Ok(Json(json!({ "metadata": m })).into_response())
+        }
+        "os-unset_image_metadata" => {
+            let Some(Value::String(key)) = args.get("key") else {
+                return Err(CinderError::bad_request("Must specify 'key' as a string"));
+            };
+            st.svc
+                .change_image_metadata(
+                    &ctx.caller,
+                    &id,
+                    crate::store::ImageMetaChange::Delete(key.clone()),
+                )
+                .map_err(|e| match e.kind() {
+                    crate::service::ErrorKind::NotFound => CinderError::not_found(format!(
+                        "Glance metadata for volume {id} with key {key} could not be found."
+                    )),
+                    _ => e.into(),
+                })?;
+            Ok(StatusCode::OK.into_response())
+        }
         other => Err(CinderError::bad_request(format!(
             "There is no such action: {other}"
         ))),
@@ -461,4 +499,83 @@ fn reset_status(
     st.svc
         .set_admin_metadata(&ctx.caller, id, VolumeState::ALL, &[(PHASE, phase)], None)?;
     Ok(accepted())
+}
+
+/// `os-volume_upload_image`: registers an image in Glance and uploads the
+/// volume into it in a job; answers 202 with the image id.
+async fn upload_image(
+    st: &CinderState,
+    ctx: &Ctx,
+    i: &super::views::VolumeInfo,
+    args: &Map<String, Value>,
+) -> CResult<Response> {
+    let text = |k: &str, default: Option<&str>| -> CResult<Option<String>> {
+        match args.get(k) {
+            None | Some(Value::Null) => Ok(default.map(String::from)),
+            Some(Value::String(s)) if s.chars().count() <= 255 => Ok(Some(s.clone())),
+            Some(v) => Err(CinderError::invalid_input(format!(
+                "{k} must be a string of at most 255 characters, not {v}"
+            ))),
+        }
+    };
+    let Some(image_name) = text("image_name", None)?.filter(|n| !n.is_empty()) else {
+        return Err(CinderError::bad_request(
+            "No image_name was specified in request.",
+        ));
+    };
+    let force = match args.get("force") {
+        None | Some(Value::Null) => false,
+        Some(v) => python_bool("force", v)?,
+    };
+    let protected = match args.get("protected") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(python_bool("protected", v)?),
+    };
+    let visibility = text("visibility", None)?;
+    if let Some(v) = &visibility
+        && !matches!(v.as_str(), "public" | "private" | "shared" | "community")
+    {
+        return Err(CinderError::invalid_input(format!(
+            "visibility must be public, private, shared or community, not {v:?}"
+        )));
+    }
+    let req = crate::service::UploadImage {
+        image_name,
+        disk_format: text("disk_format", Some("raw"))?.unwrap_or_default(),
+        container_format: text("container_format", Some("bare"))?.unwrap_or_default(),
+        visibility,
+        protected,
+        force,
+    };
+    let id = i.detail.volume.id.clone();
+    let status = super::views::cinder_status(&i.detail.volume, &i.admin_meta);
+    if !(status == "available" || (force && status == "in-use")) {
+        return Err(CinderError::invalid_volume(format!(
+            "Volume {id} status must be available{}, but the current status is: {status}",
+            if force { " or in-use" } else { "" }
+        )));
+    }
+    let (d, img) = st
+        .svc
+        .upload_to_image(&ctx.caller, &id, req.clone(), ctx.token.as_deref())
+        .await?;
+    let v = &d.volume;
+    Ok((
+        ACCEPTED,
+        Json(json!({"os-volume_upload_image": {
+            "id": v.id,
+            "updated_at": v.modified_at,
+            "status": "uploading",
+            "display_description": v.description,
+            "size": v.size_gib,
+            "volume_type": v.volume_type,
+            "image_id": img.id,
+            "container_format": req.container_format,
+            "disk_format": req.disk_format,
+            "image_name": req.image_name,
+            "visibility": img.visibility,
+            "protected": img.extra.get("protected").cloned().unwrap_or(Value::Bool(false)),
+        }})),
+    )
+        .into_response())
 }

@@ -102,6 +102,8 @@ impl From<ServiceError> for CinderError {
                     "snapshot" => "Snapshot",
                     "attachment" => "Volume attachment",
                     "transfer" => "Transfer",
+                    "image" => "Image",
+                    "image metadata key" => "Image metadata key",
                     _ => "Volume",
                 };
                 CinderError::not_found(format!("{what} {id} could not be found."))
@@ -138,6 +140,13 @@ impl From<ServiceError> for CinderError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The service is shutting down; retry shortly.",
             ),
+            (_, ErrorKind::ImageService) => {
+                tracing::error!(error = %e, "image service failure");
+                CinderError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    crate::service::IMAGE_SERVICE_MESSAGE,
+                )
+            }
             _ => {
                 tracing::error!(error = %crate::service::reason(&e), "request failed");
                 CinderError::internal()

@@ -63,6 +63,8 @@ pub struct Ctx {
     pub base: String,
     /// `http://host/project`, for bookmark links.
     pub bookmark: String,
+    /// The caller's X-Auth-Token, passed on to the image service.
+    pub token: Option<String>,
 }
 
 impl Ctx {
@@ -328,8 +330,9 @@ async fn admit(st: &CinderState, req: &mut Request) -> CResult<Option<Ctx>> {
         .get("x-auth-token")
         .and_then(|v| v.to_str().ok())
         .filter(|t| !t.is_empty())
+        .map(String::from)
         .ok_or_else(CinderError::unauthorized)?;
-    let info = st.validator.validate(token).await?;
+    let info = st.validator.validate(&token).await?;
     let admin = info.is_admin();
     if let Some(p) = &project
         && *p != info.project_id
@@ -382,6 +385,7 @@ async fn admit(st: &CinderState, req: &mut Request) -> CResult<Option<Ctx>> {
         v2,
         base,
         bookmark,
+        token: Some(token),
     };
     req.extensions_mut().insert(ctx.clone());
     Ok(Some(ctx))

@@ -37,7 +37,7 @@ fn python_bool() -> utoipa::openapi::Schema {
 }
 
 /// The body of `POST volumes`: `{"volume": VolumeCreate}`. Exactly one
-/// source at most (snapshot_id, source_volid); imageRef is refused.
+/// source at most (snapshot_id, source_volid, imageRef).
 #[derive(Serialize, ToSchema)]
 pub struct VolumeCreate {
     /// GiB; taken from the source when one is given.
@@ -52,7 +52,7 @@ pub struct VolumeCreate {
     pub availability_zone: Option<String>,
     pub snapshot_id: Option<String>,
     pub source_volid: Option<String>,
-    /// Creating from an image is refused (400) for now.
+    /// A Glance image id; the volume is filled from the image and bootable.
     #[serde(rename = "imageRef")]
     pub image_ref: Option<String>,
     /// Microversion 3.47 and later; blockd has no backups (404).
@@ -134,6 +134,10 @@ pub const ACTIONS: &[(&str, &str, Option<mv::Microversion>)] = &[
     ("os-update_readonly_flag", "Set the readonly flag: {\"readonly\": bool}", None),
     ("os-set_bootable", "Set bootable: {\"bootable\": bool} (answers 200)", None),
     ("revert", "Revert to the latest snapshot: {\"snapshot_id\"}", Some(mv::VOLUME_REVERT)),
+    ("os-volume_upload_image", "Upload to a new Glance image: image_name, disk_format (raw, qcow2), container_format; answers 202 with image_id", None),
+    ("os-show_image_metadata", "Answers {\"metadata\": volume_image_metadata} (200)", None),
+    ("os-set_image_metadata", "Merge {\"metadata\": {...}} into volume_image_metadata (200)", None),
+    ("os-unset_image_metadata", "Remove {\"key\"} from volume_image_metadata (200)", None),
 ];
 
 /// Method, path below the version and project, summary, success status,
@@ -300,6 +304,46 @@ fn hand_schemas(m: &mut Map<String, Value>) {
                 "additionalProperties": {"type": ["object", "null"]},
                 "description": "One action and its arguments; see x-cinder-actions.",
             }),
+        ),
+        (
+            "ActionAnswer",
+            json!({"oneOf": [r("ConnectionInfo"), r("ImageMetadata")]}),
+        ),
+        (
+            "ActionAccepted",
+            json!({"oneOf": [r("UploadImage"), {"type": "null"}]}),
+        ),
+        (
+            "ImageMetadata",
+            json!({
+                "type": "object", "required": ["metadata"], "additionalProperties": false,
+                "properties": {"metadata": {"type": "object", "additionalProperties": {"type": "string"}}},
+                "description": "The answer of os-show_image_metadata, os-set_image_metadata and os-unset_image_metadata.",
+            }),
+        ),
+        (
+            "UploadImage",
+            wrap(
+                "os-volume_upload_image",
+                json!({
+                    "type": "object", "required": ["id", "status", "image_id", "image_name", "disk_format", "container_format"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "updated_at": {"type": "string"},
+                        "status": {"const": "uploading"},
+                        "display_description": {"type": ["string", "null"]},
+                        "size": {"type": "integer", "minimum": 0},
+                        "volume_type": {"type": "string"},
+                        "image_id": {"type": "string"},
+                        "container_format": {"type": "string"},
+                        "disk_format": {"type": "string"},
+                        "image_name": {"type": "string"},
+                        "visibility": {"type": "string"},
+                        "protected": {"type": "boolean"},
+                    },
+                    "description": "The answer of os-volume_upload_image.",
+                }),
+            ),
         ),
         (
             "ConnectionInfo",
@@ -504,8 +548,10 @@ pub fn document() -> Value {
             let op = operation(method, &full, &summary, *status, *request, *answer, v2);
             let mut op = op;
             if *path == "/volumes/{id}/action" {
-                op["responses"]["200"] = json!({"description": "os-initialize_connection answers connection_info; os-set_bootable answers 200 with no body.",
-                    "content": {"application/json": {"schema": r("ConnectionInfo")}}});
+                op["responses"]["200"] = json!({"description": "os-initialize_connection answers connection_info; the image metadata actions answer the metadata; os-set_bootable answers 200 with no body.",
+                    "content": {"application/json": {"schema": r("ActionAnswer")}}});
+                op["responses"]["202"] = json!({"description": "Accepted; os-volume_upload_image answers the new image, the other actions no body.",
+                    "content": {"application/json": {"schema": r("ActionAccepted")}}});
             }
             let item = paths.entry(full).or_insert_with(|| json!({}));
             item[*method] = op;

@@ -175,6 +175,11 @@ pub struct VolumeView {
     pub multiattach: bool,
     #[serde(rename = "os-vol-tenant-attr:tenant_id")]
     pub tenant_id: String,
+    /// Only when the volume was made from an image: the image's properties
+    /// (Cinder's volume_image_metadata extension, every version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub volume_image_metadata: Option<BTreeMap<String, String>>,
     /// Admin only. Always null.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migration_status: Option<Option<String>>,
@@ -256,6 +261,8 @@ pub fn volume_detail(ctx: &Ctx, zone: &str, i: &VolumeInfo) -> Value {
         consistencygroup_id: None,
         multiattach: v.multiattach,
         tenant_id: v.project_id.clone(),
+        volume_image_metadata: (!i.detail.image_metadata.is_empty())
+            .then(|| i.detail.image_metadata.clone()),
         migration_status: admin.then_some(None),
         host: admin.then(|| host.to_string()),
         migstat: admin.then_some(None),

@@ -173,19 +173,19 @@ pub async fn create(
             "give only one of snapshot_id, source_volid and imageRef",
         ));
     }
-    if let Some(img) = &image {
-        // imageRef may be a URI ending in the image id.
-        let id = img.rsplit('/').next().unwrap_or("");
-        if !is_uuid(id) {
-            return Err(CinderError::bad_request(
-                "Invalid image identifier or unable to access requested image.",
-            ));
+    let image = match &image {
+        Some(img) => {
+            // imageRef may be a URI ending in the image id.
+            let id = img.rsplit('/').next().unwrap_or("");
+            if !is_uuid(id) {
+                return Err(CinderError::bad_request(
+                    "Invalid image identifier or unable to access requested image.",
+                ));
+            }
+            Some(id.to_string())
         }
-        return Err(CinderError::bad_request(
-            "Creating a volume from an image (imageRef) is not supported yet by this service; \
-             create an empty volume or one from a snapshot or volume",
-        ));
-    }
+        None => None,
+    };
     if let Some(src) = &source_volid
         && !is_uuid(src)
     {
@@ -266,6 +266,21 @@ pub async fn create(
             want.name
         )));
     }
+    // The image is looked up last, once the request itself is sound.
+    let image = match image {
+        Some(id) => {
+            let img = st
+                .svc
+                .lookup_image(&ctx.caller, &id, ctx.token.as_deref())
+                .await?;
+            size = size.or(Some(crate::service::Service::image_min_gib(&img)));
+            Some(crate::service::ImageSource {
+                image: img,
+                token: ctx.token.clone(),
+            })
+        }
+        None => None,
+    };
     let Some(size) = size else {
         return Err(CinderError::invalid_input(
             "Volume size 'None' must be an integer and greater than 0",
@@ -286,6 +301,7 @@ pub async fn create(
             tags,
             max_iops: None,
             max_throughput: None,
+            image,
         },
     )?;
     let i = info(&st, d)?;

@@ -147,6 +147,14 @@ impl From<ServiceError> for ScpError {
                 "ServiceUnavailable",
                 "The service is shutting down; retry shortly.",
             ),
+            ErrorKind::ImageService => {
+                tracing::error!(error = %e, "image service failure");
+                ScpError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "ImageServiceError",
+                    crate::service::IMAGE_SERVICE_MESSAGE,
+                )
+            }
             ErrorKind::Internal => {
                 let mut chain = e.to_string();
                 let mut src = std::error::Error::source(&e);
@@ -398,6 +406,8 @@ struct CreateReq {
     snapshot_id: Option<String>,
     tags: Option<Vec<TagIn>>,
     volume_type: Option<String>,
+    /// blockd's extension: fill the volume from this Glance image.
+    image_id: Option<String>,
 }
 
 /// VolumeCreateRequestV1Dot2 (1.2, 1.3).
@@ -411,6 +421,8 @@ struct CreateReqV1Dot2 {
     volume_type: Option<String>,
     max_iops: Option<i64>,
     max_throughput: Option<i64>,
+    /// blockd's extension: fill the volume from this Glance image.
+    image_id: Option<String>,
 }
 
 fn create_request(body: &RawBody, ver: ApiVersion) -> Result<CreateVolume, ScpError> {
@@ -426,6 +438,7 @@ fn create_request(body: &RawBody, ver: ApiVersion) -> Result<CreateVolume, ScpEr
             volume_type: r.volume_type,
             max_iops: None,
             max_throughput: None,
+            image_id: r.image_id,
         }
     };
     let name = required("name", r.name)?;
@@ -451,6 +464,14 @@ fn create_request(body: &RawBody, ver: ApiVersion) -> Result<CreateVolume, ScpEr
     if let Some(s) = &r.snapshot_id {
         check_uuid("snapshot_id", s)?;
     }
+    if let Some(i) = &r.image_id {
+        check_uuid("image_id", i)?;
+        if r.snapshot_id.is_some() {
+            return Err(ScpError::bad_request(
+                "image_id: give either snapshot_id or image_id, not both",
+            ));
+        }
+    }
     Ok(CreateVolume {
         name,
         description: String::new(),
@@ -467,6 +488,13 @@ fn create_request(body: &RawBody, ver: ApiVersion) -> Result<CreateVolume, ScpEr
             .collect(),
         max_iops: check_limit("max_iops", r.max_iops)?,
         max_throughput: check_limit("max_throughput", r.max_throughput)?,
+        image: r.image_id.map(|id| crate::service::ImageSource {
+            image: crate::images::Image {
+                id,
+                ..Default::default()
+            },
+            token: None,
+        }),
     })
 }
 
@@ -482,6 +510,17 @@ async fn create_volume(
         return Err(ScpError::bad_request(format!(
             "volume_type: {t:?} is not a volume type here"
         )));
+    }
+    let mut req = req;
+    if let Some(src) = req.image.take() {
+        let img = st
+            .svc
+            .lookup_image(&ctx.caller, &src.image.id, None)
+            .await?;
+        req.image = Some(crate::service::ImageSource {
+            image: img,
+            token: None,
+        });
     }
     let d = st.svc.create_volume(&ctx.caller, req)?;
     Ok((StatusCode::ACCEPTED, Json(views::volume(&d, ctx.version))).into_response())

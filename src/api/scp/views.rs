@@ -67,10 +67,35 @@ fn base(d: &VolumeDetail) -> VolumeShow {
         snapshot_id: v.snapshot_id.clone(),
         state: v.state.as_str().to_string(),
         user_id: v.user_id.clone(),
-        volume_image_metadata: None,
+        volume_image_metadata: image_metadata(&d.image_metadata),
         volume_type: v.volume_type.clone(),
         volume_type_id: v.volume_type_id.clone(),
     }
+}
+
+/// The image a volume came from, typed as the SCP examples show it: sizes
+/// as numbers, flags as booleans, the rest as strings. Null for a volume
+/// not made from an image.
+fn image_metadata(m: &std::collections::BTreeMap<String, String>) -> Option<Value> {
+    if m.is_empty() {
+        return None;
+    }
+    let typed = m
+        .iter()
+        .map(|(k, v)| {
+            let val = match (k.as_str(), v.as_str()) {
+                ("min_disk" | "min_ram" | "size" | "virtual_size", n) => n
+                    .parse::<u64>()
+                    .map(Value::from)
+                    .unwrap_or_else(|_| Value::from(n)),
+                (_, "true" | "True") => Value::Bool(true),
+                (_, "false" | "False") => Value::Bool(false),
+                (_, s) => Value::from(s),
+            };
+            (k.clone(), val)
+        })
+        .collect();
+    Some(Value::Object(typed))
 }
 
 pub fn volume(d: &VolumeDetail, ver: ApiVersion) -> Value {
