@@ -189,6 +189,11 @@ impl Service {
                 from_snapshot: Some(sid),
                 ..
             } => {
+                if backend.in_place() {
+                    backend
+                        .create(id, size_gib * GIB, *provisioning)
+                        .map_err(|e| err(&e))?;
+                }
                 self.restore_copy(sid, id, size_gib * GIB, backend)?;
                 // Allocates the rest when the type is provisioned.
                 backend
@@ -202,6 +207,11 @@ impl Service {
                 from_snapshot: None,
                 from_volume: Some(src),
             } => {
+                if backend.in_place() {
+                    backend
+                        .create(id, size_gib * GIB, *provisioning)
+                        .map_err(|e| err(&e))?;
+                }
                 self.clone_copy(src, id, size_gib * GIB, backend)?;
                 backend
                     .extend(id, size_gib * GIB, *provisioning)

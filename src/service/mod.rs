@@ -62,6 +62,11 @@ pub enum ServiceError {
     },
     #[error("service is shutting down")]
     Unavailable,
+    /// The request is valid but the backend cannot do it in this state.
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    NoCapacity(String),
     #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
@@ -87,6 +92,10 @@ pub enum ErrorKind {
     Conflict,
     QuotaExceeded,
     Unavailable,
+    /// 409 in both dialects.
+    Busy,
+    /// The backend lacks the space; 400 in both dialects.
+    NoCapacity,
     Internal,
 }
 
@@ -98,6 +107,8 @@ impl ServiceError {
             ServiceError::Conflict(_) => ErrorKind::Conflict,
             ServiceError::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
             ServiceError::Unavailable => ErrorKind::Unavailable,
+            ServiceError::Busy(_) => ErrorKind::Busy,
+            ServiceError::NoCapacity(_) => ErrorKind::NoCapacity,
             ServiceError::Store(_) | ServiceError::Backend(_) => ErrorKind::Internal,
         }
     }
@@ -300,7 +311,7 @@ impl Service {
                 provisioning: t.provisioning,
                 multiattach: t.multiattach,
                 reflink: t.reflink,
-                backend: "file".to_string(),
+                backend: t.backend.clone(),
             })
             .collect();
         Service {
@@ -387,6 +398,30 @@ impl Service {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// The capacity of the backend behind a volume type.
+    pub fn type_capacity(&self, vt: &VolumeType) -> Option<crate::backend::Capacity> {
+        self.backends.get(&vt.backend)?.capacity().ok()
+    }
+
+    /// Refuses, before anything changes, a create or grow by `gib` that a
+    /// backend allocating up front has no room for.
+    fn check_capacity(&self, vt: &VolumeType, gib: u64) -> Result<()> {
+        let b = self.backend(&vt.backend)?;
+        if !b.allocates_upfront(vt.provisioning) {
+            return Ok(());
+        }
+        let cap = b.capacity()?;
+        if gib * GIB > cap.free {
+            return Err(ServiceError::NoCapacity(format!(
+                "backend {} has {} GiB free of {} GiB; {gib} GiB more do not fit",
+                vt.backend,
+                cap.free / GIB,
+                cap.total / GIB
+            )));
+        }
+        Ok(())
     }
 
     /// Snapshot copies in flight: how many, bytes done and bytes total.
@@ -502,7 +537,7 @@ impl Service {
         if let Some(src) = &req.source_volid {
             self.check_clone_source(caller, src, req.size_gib)?;
         }
-        self.backend(&vt.backend)?;
+        self.check_capacity(&vt, req.size_gib)?;
         let now = self.now();
         let volume = Volume {
             id: uuid::Uuid::new_v4().to_string(),
@@ -673,6 +708,9 @@ impl Service {
             });
         }
         let vt = self.volume_type(&current.volume_type_id).cloned();
+        if let Some(t) = &vt {
+            self.check_capacity(t, new_size_gib - current.size_gib)?;
+        }
         let params = JobParams::Extend {
             from_gib: current.size_gib,
             to_gib: new_size_gib,

@@ -142,6 +142,14 @@ impl From<ServiceError> for ScpError {
                 "QuotaExceeded",
                 capitalise(&e.to_string()),
             ),
+            ErrorKind::Busy => {
+                ScpError::new(StatusCode::CONFLICT, "Conflict", capitalise(&e.to_string()))
+            }
+            ErrorKind::NoCapacity => ScpError::new(
+                StatusCode::BAD_REQUEST,
+                "InsufficientCapacity",
+                capitalise(&e.to_string()),
+            ),
             ErrorKind::Unavailable => ScpError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
