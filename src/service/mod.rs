@@ -405,6 +405,22 @@ impl Service {
         self.backends.get(&vt.backend)?.capacity().ok()
     }
 
+    /// Copies stay inside one backend: a new volume must be of a type on
+    /// the backend that holds its source.
+    fn same_backend(&self, vt: &VolumeType, source_volume: &str, field: &str) -> Result<()> {
+        let src = self.store.get_volume(None, source_volume)?;
+        if src.backend != vt.backend {
+            return Err(ServiceError::invalid(
+                field,
+                format!(
+                    "the source lives on backend {}, but volume type {} is on backend {}",
+                    src.backend, vt.name, vt.backend
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses, before anything changes, a create or grow by `gib` that a
     /// backend allocating up front has no room for.
     fn check_capacity(&self, vt: &VolumeType, gib: u64) -> Result<()> {
@@ -536,6 +552,12 @@ impl Service {
         }
         if let Some(src) = &req.source_volid {
             self.check_clone_source(caller, src, req.size_gib)?;
+            self.same_backend(&vt, src, "source_volid")?;
+        }
+        if let Some(sid) = &req.snapshot_id
+            && let Ok(snap) = self.store.get_snapshot(None, sid)
+        {
+            self.same_backend(&vt, &snap.volume_id, "snapshot_id")?;
         }
         self.check_capacity(&vt, req.size_gib)?;
         let now = self.now();

@@ -52,11 +52,12 @@ pub fn check_lvm_name(s: &str, allow_empty: bool) -> Result<(), String> {
 }
 
 /// Whether the kernel has device-mapper (so LVs can be activated).
+/// (The /dev/mapper/control node can exist without the driver, so the
+/// kernel's own list decides.)
 pub fn device_mapper_present() -> bool {
-    Path::new("/dev/mapper/control").exists()
-        || std::fs::read_to_string("/proc/misc")
-            .map(|m| m.lines().any(|l| l.ends_with(" device-mapper")))
-            .unwrap_or(false)
+    std::fs::read_to_string("/proc/misc")
+        .map(|m| m.lines().any(|l| l.trim_end().ends_with(" device-mapper")))
+        .unwrap_or(false)
 }
 
 pub struct LvmBackend {
