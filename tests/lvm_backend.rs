@@ -192,6 +192,23 @@ async fn start(t: &Tier, more: &str) -> TestDaemon {
 }
 
 /// Waits until a job settles; an error state fails with its reason.
+/// Waits until a volume is gone; error_deleting fails with its reason.
+async fn gone(c: &Client, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let a = c.get(&format!("/v1/volumes/{id}")).await;
+        if a.status == StatusCode::NOT_FOUND {
+            return;
+        }
+        if a.body["state"] == "error_deleting" {
+            let n = c.get(&format!("/blockd/v1/volumes/{id}")).await;
+            panic!("delete of {id} failed: {}", n.body["error_reason"]);
+        }
+        assert!(Instant::now() < deadline, "volume {id} never went: {}", a.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Copies of whole LVs read every byte (a device has no extent map), so
 /// this waits longer than `Client::wait`.
 async fn settled(c: &Client, id: &str, want: &str) -> Value {
@@ -356,8 +373,8 @@ async fn lifecycle(t: Tier) {
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
     assert_eq!(settled(&c, &id, "available").await["size"], 16);
     let loc = location(&c, &id).await;
-    let mut f = std::fs::File::open(&loc).unwrap();
-    assert_eq!(f.seek(SeekFrom::End(0)).unwrap(), 16 * GIB);
+    let end = std::fs::File::open(&loc).and_then(|mut f| f.seek(SeekFrom::End(0)));
+    assert_eq!(end.unwrap(), 16 * GIB);
     assert_spots(&loc, 1);
 
     // Snapshot, overwrite, revert: the snapshot's bytes come back.
@@ -381,8 +398,8 @@ async fn lifecycle(t: Tier) {
     settled(&c, &cid, "available").await;
     let cloc = location(&c, &cid).await;
     assert_spots(&cloc, 1);
-    let mut f = std::fs::File::open(&cloc).unwrap();
-    assert_eq!(f.seek(SeekFrom::End(0)).unwrap(), 24 * GIB);
+    let end = std::fs::File::open(&cloc).and_then(|mut f| f.seek(SeekFrom::End(0)));
+    assert_eq!(end.unwrap(), 24 * GIB);
 
     if let Tier::Lvm(vg) = &t {
         // Three LVs of 16+16+24 GiB hold a few MiB of data: nothing was zeroed
@@ -397,8 +414,8 @@ async fn lifecycle(t: Tier) {
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
     let a = c.call(Method::DELETE, &format!("/v1/volumes/{id}?cascade=true"), None).await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
-    c.wait(&cid, &[]).await;
-    c.wait(&id, &[]).await;
+    gone(&c, &cid).await;
+    gone(&c, &id).await;
     if let Tier::Lvm(vg) = &t {
         assert!(vg.lv_names().is_empty(), "{:?}", vg.lv_names());
         // volume_clear = zero punched the extents; the PV file is back to its metadata.
@@ -432,7 +449,7 @@ async fn capacity(t: Tier) {
         assert_eq!(settled(&c, &id, "available").await["size"], 1);
         let a = c.call(Method::DELETE, &format!("/v1/volumes/{id}"), None).await;
         assert_eq!(a.status, StatusCode::ACCEPTED);
-        c.wait(&id, &[]).await;
+        gone(&c, &id).await;
     } else {
         assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
     }
@@ -483,7 +500,7 @@ async fn crash_between_backend_and_commit(t: Tier) {
     backend.delete(&id).unwrap();
     let d = d.restart(&t.extra(fast)).await;
     let c = d.client("a");
-    c.wait(&id, &[]).await;
+    gone(&c, &id).await;
     assert_eq!(backend.size(&id).unwrap(), None);
     drop(c);
     drop(d);
