@@ -443,10 +443,10 @@ async fn capacity(t: Tier) {
         let id = v["id"].as_str().unwrap().to_string();
         settled(&c, &id, "available").await;
         let a = c
-            .call(Method::PUT, &format!("/v1/volumes/{id}/size"), Some(json!({"size": 64})))
+            .call(Method::PUT, &format!("/v1/volumes/{id}/size"), Some(json!({"size": 1024})))
             .await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
-        assert_eq!(settled(&c, &id, "available").await["size"], 1);
+        assert_eq!(settled(&c, &id, "available").await["size"], 8);
         let a = c.call(Method::DELETE, &format!("/v1/volumes/{id}"), None).await;
         assert_eq!(a.status, StatusCode::ACCEPTED);
         gone(&c, &id).await;
