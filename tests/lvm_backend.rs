@@ -70,7 +70,10 @@ impl TestVg {
             },
         )
         .map_err(|e| e.to_string())?;
-        let name = format!("blockd-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let name = format!(
+            "blockd-test-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let vg = TestVg {
             dir,
             pv: dev.path().to_path_buf(),
@@ -83,10 +86,7 @@ impl TestVg {
         ] {
             let o = lvm(&vg.pv, &args);
             if !o.status.success() {
-                return Err(format!(
-                    "{args:?}: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                ));
+                return Err(format!("{args:?}: {}", String::from_utf8_lossy(&o.stderr)));
             }
         }
         Ok(vg)
@@ -118,7 +118,10 @@ impl TestVg {
     }
 
     fn lv_names(&self) -> Vec<String> {
-        let o = lvm(&self.pv, &["lvs", "--noheadings", "-o", "lv_name", &self.name]);
+        let o = lvm(
+            &self.pv,
+            &["lvs", "--noheadings", "-o", "lv_name", &self.name],
+        );
         String::from_utf8_lossy(&o.stdout)
             .split_whitespace()
             .map(String::from)
@@ -188,7 +191,11 @@ impl Tier {
 }
 
 async fn start(t: &Tier, more: &str) -> TestDaemon {
-    TestDaemon::start_with(&t.extra(more), Arc::new(OffsetClock(chrono::Duration::zero()))).await
+    TestDaemon::start_with(
+        &t.extra(more),
+        Arc::new(OffsetClock(chrono::Duration::zero())),
+    )
+    .await
 }
 
 /// Waits until a job settles; an error state fails with its reason.
@@ -204,7 +211,11 @@ async fn gone(c: &Client, id: &str) {
             let n = c.get(&format!("/blockd/v1/volumes/{id}")).await;
             panic!("delete of {id} failed: {}", n.body["error_reason"]);
         }
-        assert!(Instant::now() < deadline, "volume {id} never went: {}", a.text);
+        assert!(
+            Instant::now() < deadline,
+            "volume {id} never went: {}",
+            a.text
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -213,13 +224,23 @@ async fn gone(c: &Client, id: &str) {
 /// this waits longer than `Client::wait`.
 async fn settled(c: &Client, id: &str, want: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(240);
-    let ends = [want, "error", "error_extending", "error_restoring", "error_deleting"];
+    let ends = [
+        want,
+        "error",
+        "error_extending",
+        "error_restoring",
+        "error_deleting",
+    ];
     let v = loop {
         let a = c.get(&format!("/v1/volumes/{id}")).await;
         if a.status == StatusCode::OK && ends.contains(&a.body["state"].as_str().unwrap_or("")) {
             break a.body;
         }
-        assert!(Instant::now() < deadline, "volume {id} never settled: {}", a.text);
+        assert!(
+            Instant::now() < deadline,
+            "volume {id} never settled: {}",
+            a.text
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     if v["state"] != want {
@@ -298,7 +319,11 @@ async fn wait_snapshot(c: &Client, id: &str, want: &[&str]) -> Value {
                 .unwrap_or_default();
             panic!("snapshot {id} failed: {errs:?}");
         }
-        assert!(Instant::now() < deadline, "snapshot {id} never reached {want:?}: {}", a.text);
+        assert!(
+            Instant::now() < deadline,
+            "snapshot {id} never reached {want:?}: {}",
+            a.text
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -330,7 +355,13 @@ async fn lifecycle(t: Tier) {
     assert_eq!(vol["size"], 8);
 
     // Attach; write through the export and read it back.
-    ok(&c, Method::POST, &format!("/v1/volumes/{id}/servers"), json!({"server_id": "srv"})).await;
+    ok(
+        &c,
+        Method::POST,
+        &format!("/v1/volumes/{id}/servers"),
+        json!({"server_id": "srv"}),
+    )
+    .await;
     settled(&c, &id, "in-use").await;
     let dev = host_path(&c, &id).await;
     write_spots(&dev, 1);
@@ -358,17 +389,29 @@ async fn lifecycle(t: Tier) {
         assert_eq!(st, StatusCode::ACCEPTED, "{body}");
         let sid = body["id"].as_str().unwrap().to_string();
         wait_snapshot(&c, &sid, &["available"]).await;
-        let a = c.call(Method::DELETE, &format!("/v1/snapshots/{sid}"), None).await;
+        let a = c
+            .call(Method::DELETE, &format!("/v1/snapshots/{sid}"), None)
+            .await;
         assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
         wait_snapshot(&c, &sid, &[]).await;
     }
-    let a = c.call(Method::DELETE, &format!("/v1/volumes/{id}/servers/srv"), None).await;
+    let a = c
+        .call(
+            Method::DELETE,
+            &format!("/v1/volumes/{id}/servers/srv"),
+            None,
+        )
+        .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
     settled(&c, &id, "available").await;
 
     // Extend, then the old bytes are still there and the tail reads zeros.
     let a = c
-        .call(Method::PUT, &format!("/v1/volumes/{id}/size"), Some(json!({"size": 16})))
+        .call(
+            Method::PUT,
+            &format!("/v1/volumes/{id}/size"),
+            Some(json!({"size": 16})),
+        )
         .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
     assert_eq!(settled(&c, &id, "available").await["size"], 16);
@@ -383,15 +426,31 @@ async fn lifecycle(t: Tier) {
     let sid = body["id"].as_str().unwrap().to_string();
     wait_snapshot(&c, &sid, &["available"]).await;
     write_spots(&loc, 9);
-    ok(&c, Method::POST, &format!("/v1/volumes/{id}/revert"), json!({"snapshot_id": sid})).await;
+    ok(
+        &c,
+        Method::POST,
+        &format!("/v1/volumes/{id}/revert"),
+        json!({"snapshot_id": sid}),
+    )
+    .await;
     settled(&c, &id, "available").await;
     assert_spots(&location(&c, &id).await, 1);
-    let a = c.call(Method::POST, &format!("/blockd/v1/snapshots/{sid}/verify"), None).await;
+    let a = c
+        .call(
+            Method::POST,
+            &format!("/blockd/v1/snapshots/{sid}/verify"),
+            None,
+        )
+        .await;
     assert_eq!(a.body["ok"], true, "{}", a.text);
 
     // A bigger volume from the snapshot.
     let a = c
-        .call(Method::POST, "/v1/volumes", Some(json!({"name": "copy", "size": 24, "snapshot_id": sid})))
+        .call(
+            Method::POST,
+            "/v1/volumes",
+            Some(json!({"name": "copy", "size": 24, "snapshot_id": sid})),
+        )
         .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
     let cid = a.body["id"].as_str().unwrap().to_string();
@@ -410,9 +469,17 @@ async fn lifecycle(t: Tier) {
     }
 
     // Delete everything.
-    let a = c.call(Method::DELETE, &format!("/v1/volumes/{cid}"), None).await;
+    let a = c
+        .call(Method::DELETE, &format!("/v1/volumes/{cid}"), None)
+        .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
-    let a = c.call(Method::DELETE, &format!("/v1/volumes/{id}?cascade=true"), None).await;
+    let a = c
+        .call(
+            Method::DELETE,
+            &format!("/v1/volumes/{id}?cascade=true"),
+            None,
+        )
+        .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
     gone(&c, &cid).await;
     gone(&c, &id).await;
@@ -421,7 +488,11 @@ async fn lifecycle(t: Tier) {
         // volume_clear = zero punched the extents; the PV file is back to its metadata.
         let held = vg.allocated();
         assert!(held < 8 * MIB, "PV file holds {held} bytes after delete");
-        assert!(stacked_on(&vg.pv).is_empty(), "windows left: {:?}", stacked_on(&vg.pv));
+        assert!(
+            stacked_on(&vg.pv).is_empty(),
+            "windows left: {:?}",
+            stacked_on(&vg.pv)
+        );
     }
     drop(d);
 }
@@ -433,21 +504,38 @@ async fn capacity(t: Tier) {
     let c = d.client("a");
     let before = c.get("/v1/volumes?with_count=true").await.body["count"].clone();
     let a = c
-        .call(Method::POST, "/v1/volumes", Some(json!({"name": "huge", "size": 1024})))
+        .call(
+            Method::POST,
+            "/v1/volumes",
+            Some(json!({"name": "huge", "size": 1024})),
+        )
         .await;
     if t.is_lvm() {
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
-        assert_eq!(a.body["errors"][0]["code"], "InsufficientCapacity", "{}", a.text);
-        assert_eq!(c.get("/v1/volumes?with_count=true").await.body["count"], before);
+        assert_eq!(
+            a.body["errors"][0]["code"], "InsufficientCapacity",
+            "{}",
+            a.text
+        );
+        assert_eq!(
+            c.get("/v1/volumes?with_count=true").await.body["count"],
+            before
+        );
         let v = c.create("small", 8, None).await;
         let id = v["id"].as_str().unwrap().to_string();
         settled(&c, &id, "available").await;
         let a = c
-            .call(Method::PUT, &format!("/v1/volumes/{id}/size"), Some(json!({"size": 1024})))
+            .call(
+                Method::PUT,
+                &format!("/v1/volumes/{id}/size"),
+                Some(json!({"size": 1024})),
+            )
             .await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
         assert_eq!(settled(&c, &id, "available").await["size"], 8);
-        let a = c.call(Method::DELETE, &format!("/v1/volumes/{id}"), None).await;
+        let a = c
+            .call(Method::DELETE, &format!("/v1/volumes/{id}"), None)
+            .await;
         assert_eq!(a.status, StatusCode::ACCEPTED);
         gone(&c, &id).await;
     } else {
@@ -468,9 +556,9 @@ async fn crash_between_backend_and_commit(t: Tier) {
         Tier::File => Box::new(
             blockd::backend::file::FileBackend::open("file", &data.join("volumes")).unwrap(),
         ),
-        Tier::Lvm(vg) => Box::new(
-            blockd::backend::lvm::LvmBackend::open(&vg.backend_config(), &data).unwrap(),
-        ),
+        Tier::Lvm(vg) => {
+            Box::new(blockd::backend::lvm::LvmBackend::open(&vg.backend_config(), &data).unwrap())
+        }
     };
     let v = c.create("crash", 8, None).await;
     let id = v["id"].as_str().unwrap().to_string();
@@ -484,7 +572,11 @@ async fn crash_between_backend_and_commit(t: Tier) {
     let d = d.restart(&t.extra(slow)).await;
     let c = d.client("a");
     let a = c
-        .call(Method::PUT, &format!("/v1/volumes/{id}/size"), Some(json!({"size": 16})))
+        .call(
+            Method::PUT,
+            &format!("/v1/volumes/{id}/size"),
+            Some(json!({"size": 16})),
+        )
         .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
     backend.extend(&id, 16 * GIB, Provisioning::Sparse).unwrap();
@@ -495,7 +587,9 @@ async fn crash_between_backend_and_commit(t: Tier) {
 
     let d = d.restart(&t.extra(slow)).await;
     let c = d.client("a");
-    let a = c.call(Method::DELETE, &format!("/v1/volumes/{id}"), None).await;
+    let a = c
+        .call(Method::DELETE, &format!("/v1/volumes/{id}"), None)
+        .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
     backend.delete(&id).unwrap();
     let d = d.restart(&t.extra(fast)).await;
@@ -548,15 +642,21 @@ async fn loop_lvm_missing_vg_fails_startup() {
     let Some(Tier::Lvm(vg)) = Tier::lvm() else {
         return;
     };
-    let extra = vg.extra().replace(&format!("{:?}", vg.name), "\"no-such-vg\"");
+    let extra = vg
+        .extra()
+        .replace(&format!("{:?}", vg.name), "\"no-such-vg\"");
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let text = config_text(&dir.path().join("data"), &extra);
     let cfg = blockd::config::Config::parse(&text, "t.toml").unwrap();
-    let err = match blockd::server::Daemon::open(&cfg, Arc::new(OffsetClock(chrono::Duration::zero()))) {
-        Ok(_) => panic!("start-up must fail"),
-        Err(e) => e.to_string(),
-    };
-    assert!(err.contains("no-such-vg") && err.contains("not found"), "{err}");
+    let err =
+        match blockd::server::Daemon::open(&cfg, Arc::new(OffsetClock(chrono::Duration::zero()))) {
+            Ok(_) => panic!("start-up must fail"),
+            Err(e) => e.to_string(),
+        };
+    assert!(
+        err.contains("no-such-vg") && err.contains("not found"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -333,7 +333,9 @@ impl Ctx<'_> {
             // SAFETY: any bit pattern is a valid u64.
             unsafe { bytes.align_to::<u64>() }
         };
-        head.iter().all(|&x| x == 0) && words.iter().all(|&x| x == 0) && tail.iter().all(|&x| x == 0)
+        head.iter().all(|&x| x == 0)
+            && words.iter().all(|&x| x == 0)
+            && tail.iter().all(|&x| x == 0)
     }
 
     /// Stop reason checked between submissions.

@@ -407,9 +407,19 @@ pub fn set_sizelimit(dev: &Path, sizelimit: u64) -> Result<(), ExportError> {
     let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
     // SAFETY: LOOP_GET_STATUS64 fills one loop_info64 through the pointer,
     // which points at a live local of exactly that layout (size asserted).
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), LOOP_GET_STATUS64, &mut info as *mut LoopInfo64) };
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            LOOP_GET_STATUS64,
+            &mut info as *mut LoopInfo64,
+        )
+    };
     if rc < 0 {
-        return Err(ExportError::from_io("LOOP_GET_STATUS64", dev, io::Error::last_os_error()));
+        return Err(ExportError::from_io(
+            "LOOP_GET_STATUS64",
+            dev,
+            io::Error::last_os_error(),
+        ));
     }
     if info.lo_sizelimit == sizelimit {
         return Ok(());
@@ -418,7 +428,13 @@ pub fn set_sizelimit(dev: &Path, sizelimit: u64) -> Result<(), ExportError> {
     let mut tries = 0;
     loop {
         // SAFETY: as above; the kernel only reads the struct.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), LOOP_SET_STATUS64, &info as *const LoopInfo64) };
+        let rc = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                LOOP_SET_STATUS64,
+                &info as *const LoopInfo64,
+            )
+        };
         if rc == 0 {
             return Ok(());
         }

@@ -137,7 +137,11 @@ impl Service {
             flush(std::path::Path::new(&x.host_path))?;
         }
         let dst = file_of(backend.location(dst_id), "volume")?;
-        let tmp = if in_place { dst.clone() } else { temp_path(&dst) };
+        let tmp = if in_place {
+            dst.clone()
+        } else {
+            temp_path(&dst)
+        };
         if !in_place {
             let _ = std::fs::remove_file(&tmp);
         }

@@ -354,7 +354,11 @@ impl Service {
             .snapshot_manifest(snap_id)
             .unwrap_or_else(|| manifest_path(&dst));
         // Devices are written in place; files go through a temp file.
-        let tmp = if in_place { dst.clone() } else { temp_path(&dst) };
+        let tmp = if in_place {
+            dst.clone()
+        } else {
+            temp_path(&dst)
+        };
         if !in_place {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -431,7 +435,11 @@ impl Service {
             backend.clear(dst_volume).map_err(|e| reason(&e))?;
         }
         let dst = file_of(backend.location(dst_volume), "volume")?;
-        let tmp = if in_place { dst.clone() } else { temp_path(&dst) };
+        let tmp = if in_place {
+            dst.clone()
+        } else {
+            temp_path(&dst)
+        };
         if !in_place {
             let _ = std::fs::remove_file(&tmp);
         }

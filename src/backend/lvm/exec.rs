@@ -204,7 +204,10 @@ mod tests {
         assert!(matches!(l.run("lvs", &[]), Err(ExecError::Spawn { .. })));
 
         let d = tempfile::tempdir().unwrap();
-        l.binary = script(d.path(), "echo \"$LC_ALL\"; echo '  Volume group \"nope\" not found' >&2; exit 5");
+        l.binary = script(
+            d.path(),
+            "echo \"$LC_ALL\"; echo '  Volume group \"nope\" not found' >&2; exit 5",
+        );
         match l.run("vgs", &["nope"]) {
             Err(ExecError::Failed { stderr, status, .. }) => {
                 assert_eq!(stderr, "Volume group \"nope\" not found");

@@ -101,9 +101,9 @@ impl LvmBackend {
             manifests: data_dir.join("lvm").join(&cfg.name).join("snapshots"),
             maps: Mutex::new(()),
         };
-        b.lvm.run("version", &[]).map_err(|e| {
-            unavailable(format!("lvm2 tools do not run ({e}); install lvm2"))
-        })?;
+        b.lvm
+            .run("version", &[])
+            .map_err(|e| unavailable(format!("lvm2 tools do not run ({e}); install lvm2")))?;
         if !b.thin_pool.is_empty() && !dm {
             return Err(unavailable(format!(
                 "thin_pool {:?} needs device-mapper, which this kernel lacks",
@@ -206,7 +206,12 @@ impl LvmBackend {
             .lvm
             .report(
                 "pvs",
-                &["-o", "pv_name,vg_name,pe_start", "--select", &format!("vg_name={}", self.vg)],
+                &[
+                    "-o",
+                    "pv_name,vg_name,pe_start",
+                    "--select",
+                    &format!("vg_name={}", self.vg),
+                ],
             )
             .map_err(|e| self.cmd_err(e))?;
         let all = report::parse_pvs(&out).map_err(|e| self.parse_err(e))?;
@@ -293,7 +298,11 @@ impl LvmBackend {
         {
             loopdev::detach(&i.device).map_err(|e| BackendError::Command {
                 backend: self.name.clone(),
-                detail: format!("detach window {} of LV {}: {e}", i.device.display(), lv.name),
+                detail: format!(
+                    "detach window {} of LV {}: {e}",
+                    i.device.display(),
+                    lv.name
+                ),
             })?;
         }
         Ok(())
@@ -314,9 +323,8 @@ impl LvmBackend {
         if from >= lv.size {
             return Ok(());
         }
-        clear_range(&dev, from, lv.size - from).map_err(|e| {
-            super::file::io_error(&self.name, "clear", &dev, e)
-        })
+        clear_range(&dev, from, lv.size - from)
+            .map_err(|e| super::file::io_error(&self.name, "clear", &dev, e))
     }
 
     /// Refuses early when the VG cannot hold `more` bytes.
@@ -354,7 +362,9 @@ impl LvmBackend {
             pool = format!("{}/{}", self.vg, self.thin_pool);
             args.extend(["-V", &bytes, "--thinpool", &pool]);
         }
-        self.lvm.run("lvcreate", &args).map_err(|e| self.cmd_err(e))?;
+        self.lvm
+            .run("lvcreate", &args)
+            .map_err(|e| self.cmd_err(e))?;
         tracing::info!(backend = %self.name, lv = %name, size, "LV created");
         let lv = self.lv(name)?.ok_or_else(|| BackendError::Command {
             backend: self.name.clone(),
@@ -378,7 +388,9 @@ impl LvmBackend {
             args.extend(["--alloc", "contiguous"]);
         }
         args.push(&full);
-        self.lvm.run("lvextend", &args).map_err(|e| self.cmd_err(e))?;
+        self.lvm
+            .run("lvextend", &args)
+            .map_err(|e| self.cmd_err(e))?;
         let grown = self.lv(&lv.name)?.ok_or_else(|| BackendError::Command {
             backend: self.name.clone(),
             detail: format!("LV {} is missing right after lvextend", lv.name),
@@ -434,7 +446,10 @@ pub fn clear_range(dev: &Path, off: u64, len: u64) -> std::io::Result<()> {
         return Ok(());
     }
     let e = std::io::Error::last_os_error();
-    if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) {
+    if !matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+    ) {
         return Err(e);
     }
     // _IO(0x12, 127)

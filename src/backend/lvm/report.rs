@@ -71,8 +71,7 @@ fn rows(json: &str, key: &str) -> Result<Vec<serde_json::Map<String, Value>>, Pa
     if json.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let v: Value =
-        serde_json::from_str(json).map_err(|e| ParseError(format!("not JSON: {e}")))?;
+    let v: Value = serde_json::from_str(json).map_err(|e| ParseError(format!("not JSON: {e}")))?;
     let reports = v
         .get("report")
         .and_then(Value::as_array)
@@ -264,15 +263,28 @@ mod tests {
                 .contains("vg_free is missing")
         );
         let empty = r#"{"report":[{"vg":[{"vg_name":"v", "vg_size":"", "vg_free":"1", "vg_extent_size":"1"}]}]}"#;
-        assert!(parse_vg(empty, "v").unwrap_err().0.contains("vg_size is empty"));
+        assert!(
+            parse_vg(empty, "v")
+                .unwrap_err()
+                .0
+                .contains("vg_size is empty")
+        );
         let units = r#"{"report":[{"vg":[{"vg_name":"v", "vg_size":"4.00g", "vg_free":"1", "vg_extent_size":"1"}]}]}"#;
-        assert!(parse_vg(units, "v").unwrap_err().0.contains("not a byte count"));
+        assert!(
+            parse_vg(units, "v")
+                .unwrap_err()
+                .0
+                .contains("not a byte count")
+        );
         assert!(parse_lvs("{not json").unwrap_err().0.contains("not JSON"));
         assert!(parse_lvs(r#"{"x":1}"#).unwrap_err().0.contains("report"));
         assert!(parse_lvs(r#"{"report":[{"lv":[{"lv_name":"a","lv_size":1}]}]}"#).is_err());
         assert!(parse_pe_ranges("/dev/sda:9-3").is_err());
         assert!(parse_pe_ranges("/dev/sda").is_err());
-        assert_eq!(number("12.50").unwrap_err().0, "\"12.50\" is not a whole number of bytes");
+        assert_eq!(
+            number("12.50").unwrap_err().0,
+            "\"12.50\" is not a whole number of bytes"
+        );
         assert!(number("99999999999999999999999").is_err());
         assert_eq!(number(" 0 ").unwrap(), Some(0));
         assert_eq!(number("").unwrap(), None);
