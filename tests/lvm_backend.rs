@@ -517,6 +517,34 @@ async fn capacity(t: Tier) {
             "{}",
             a.text
         );
+        // Types and quota-sets show the VG's real space.
+        let types = c.get("/v1/volume-types").await;
+        let lv = types.body["volume_types"]
+            .as_array()
+            .and_then(|v| v.iter().find(|t| t["name"] == "LV"))
+            .cloned()
+            .unwrap_or_else(|| panic!("{}", types.text));
+        assert_eq!(lv["extra_specs"]["volume_backend_name"], "lvm-test");
+        let free = lv["extra_specs"]["free_capacity_gb"].as_u64().unwrap();
+        assert!((60..64).contains(&free), "{lv}");
+        assert_eq!(
+            lv["extra_specs"]["total_capacity_gb"].as_u64().unwrap(),
+            free
+        );
+        let q: Value = reqwest::Client::new()
+            .get(format!(
+                "http://{}/v3/project-a/os-quota-sets/project-a",
+                d.cinder_addr
+            ))
+            .header("X-Auth-Token", "user-a:project-a")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(q["quota_set"]["gigabytes_LV"], free, "{q}");
+        assert_eq!(q["quota_set"]["gigabytes_SSD"], -1, "{q}");
         assert_eq!(
             c.get("/v1/volumes?with_count=true").await.body["count"],
             before

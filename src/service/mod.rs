@@ -400,9 +400,14 @@ impl Service {
         v
     }
 
-    /// The capacity of the backend behind a volume type.
+    /// The capacity behind a volume type whose backend allocates up front
+    /// (an LVM volume group); None for sparse storage or when it cannot be read.
     pub fn type_capacity(&self, vt: &VolumeType) -> Option<crate::backend::Capacity> {
-        self.backends.get(&vt.backend)?.capacity().ok()
+        let b = self.backends.get(&vt.backend)?;
+        if !b.allocates_upfront(vt.provisioning) {
+            return None;
+        }
+        b.capacity().ok()
     }
 
     /// Copies stay inside one backend: a new volume must be of a type on

@@ -214,7 +214,7 @@ pub fn snapshot_detail(ctx: &Ctx, s: &Snapshot, progress: Option<(u64, u64)>) ->
     Value::Object(m)
 }
 
-pub fn volume_type(ctx: &Ctx, t: &VolumeType) -> Value {
+pub fn volume_type(ctx: &Ctx, t: &VolumeType, cap: Option<crate::backend::Capacity>) -> Value {
     let provisioning = match t.provisioning {
         crate::config::Provisioning::Sparse => "thin",
         crate::config::Provisioning::Full => "thick",
@@ -222,6 +222,14 @@ pub fn volume_type(ctx: &Ctx, t: &VolumeType) -> Value {
     let mut specs = json!({"provisioning:type": provisioning});
     if t.multiattach {
         specs["multiattach"] = "<is> True".into();
+    }
+    if t.backend != "file" {
+        specs["volume_backend_name"] = t.backend.clone().into();
+    }
+    if let Some(c) = cap {
+        // Cinder's pool-stat names, as GiB strings like every extra spec.
+        specs["free_capacity_gb"] = (c.free >> 30).to_string().into();
+        specs["total_capacity_gb"] = (c.total >> 30).to_string().into();
     }
     let mut m = json!({
         "id": t.id,
