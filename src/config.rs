@@ -712,4 +712,42 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
+
+    #[test]
+    fn backends_and_type_backends_are_checked() {
+        let ok = "[[backends]]\nname = \"lvm-ssd\"\nkind = \"lvm\"\nvolume_group = \"vg0\"\n\
+                  [[volume_types]]\nname = \"SSD\"\nbackend = \"lvm-ssd\"\n";
+        let c = Config::parse(ok, "b.toml").unwrap();
+        assert_eq!(c.backends[0].lv_prefix, "volume-");
+        assert_eq!(c.backends[0].volume_clear, VolumeClear::Zero);
+        assert_eq!(c.volume_types[0].backend, "lvm-ssd");
+        for (text, key) in [
+            (
+                ok.replace("backend = \"lvm-ssd\"", "backend = \"nope\""),
+                "volume_types[0].backend",
+            ),
+            (
+                ok.replace("\"vg0\"", "\"--force\""),
+                "backends[0].volume_group",
+            ),
+            (ok.replace("\"vg0\"", "\"\""), "backends[0].volume_group"),
+            (
+                ok.replace("name = \"lvm-ssd\"\nkind", "name = \"file\"\nkind"),
+                "backends[0].name",
+            ),
+            (
+                ok.replace(
+                    "volume_group = \"vg0\"",
+                    "volume_group = \"vg0\"\nthin_pool = \"a/b\"",
+                ),
+                "backends[0].thin_pool",
+            ),
+        ] {
+            let e = Config::parse(&text, "b.toml").unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        // Defaults keep every type on the file backend.
+        let d = Config::parse("", "d.toml").unwrap();
+        assert!(d.volume_types.iter().all(|t| t.backend == "file"));
+    }
 }

@@ -128,6 +128,15 @@ pub trait VolumeBackend: Send + Sync {
     fn live_copy_refused(&self) -> Option<String> {
         None
     }
+    /// A point-in-time source to copy an in-use volume from (an LVM
+    /// snapshot); None copies the volume itself.
+    fn begin_live_copy(&self, _id: &str) -> Result<Option<Location>, BackendError> {
+        Ok(None)
+    }
+    /// Drops what `begin_live_copy` made; nothing there is not an error.
+    fn end_live_copy(&self, _id: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Whether create and extend allocate every byte at once, so that the
     /// service checks free space before it accepts them.
     fn allocates_upfront(&self, _prov: Provisioning) -> bool {

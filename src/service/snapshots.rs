@@ -342,13 +342,33 @@ impl Service {
                 .prepare_snapshot(snap_id, v.size_gib * super::GIB)
                 .map_err(|e| reason(&e))?;
         }
-        let src = file_of(backend.location(&v.id), "volume")?;
+        let mut src = file_of(backend.location(&v.id), "volume")?;
+        let mut live = false;
         if v.state == VolumeState::InUse {
             flush(&src)?;
             if let Ok(Some(x)) = self.store.export(&v.id) {
                 flush(Path::new(&x.host_path))?;
             }
+            if let Some(pit) = backend.begin_live_copy(&v.id).map_err(|e| reason(&e))? {
+                src = file_of(Some(pit), "point-in-time source")?;
+                live = true;
+            }
         }
+        let copied = self.snapshot_copy_from(snap_id, v, backend, &src, in_place);
+        if live && let Err(e) = backend.end_live_copy(&v.id) {
+            tracing::warn!(volume = %v.id, error = %e, "cannot drop the temporary snapshot");
+        }
+        copied
+    }
+
+    fn snapshot_copy_from(
+        &self,
+        snap_id: &str,
+        v: &Volume,
+        backend: &dyn VolumeBackend,
+        src: &Path,
+        in_place: bool,
+    ) -> std::result::Result<String, String> {
         let dst = file_of(backend.snapshot_location(snap_id), "snapshot")?;
         let mpath = backend
             .snapshot_manifest(snap_id)
@@ -375,7 +395,7 @@ impl Service {
             skip_zero_blocks: in_place,
             ..self.copy_options.clone()
         };
-        let result = copy::copy(&src, &tmp, &opts, &progress, &cancel);
+        let result = copy::copy(src, &tmp, &opts, &progress, &cancel);
         if result.is_err() && !in_place {
             let _ = std::fs::remove_file(&tmp);
         }

@@ -605,6 +605,50 @@ impl VolumeBackend for LvmBackend {
         }
     }
 
+    fn begin_live_copy(&self, id: &str) -> Result<Option<Location>, BackendError> {
+        check_id(id)?;
+        if !self.dm {
+            return Ok(None);
+        }
+        let lv = self
+            .lv(&self.lv_name(id))?
+            .ok_or_else(|| BackendError::NotFound {
+                backend: self.name.clone(),
+                id: id.to_string(),
+            })?;
+        // A temporary snapshot left by a crash is stale: make a fresh one.
+        self.end_live_copy(id)?;
+        let pit = format!("{}-pit", lv.name);
+        let origin = format!("{}/{}", self.vg, lv.name);
+        if self.thin_pool.is_empty() {
+            // Room for a tenth of the volume to change during the copy.
+            let vg = self.vg()?;
+            let cow = (lv.size / 10).max(vg.extent_size);
+            let bytes = format!("{cow}b");
+            self.lvm
+                .run("lvcreate", &["-y", "-s", "-n", &pit, "-L", &bytes, &origin])
+                .map_err(|e| self.cmd_err(e))?;
+        } else {
+            self.lvm
+                .run("lvcreate", &["-y", "-s", "-kn", "-n", &pit, &origin])
+                .map_err(|e| self.cmd_err(e))?;
+        }
+        tracing::info!(backend = %self.name, lv = %lv.name, snapshot = %pit, "temporary LVM snapshot for a live copy");
+        Ok(Some(Location::BlockDevice(PathBuf::from(format!(
+            "/dev/{}/{pit}",
+            self.vg
+        )))))
+    }
+
+    fn end_live_copy(&self, id: &str) -> Result<(), BackendError> {
+        check_id(id)?;
+        if !self.dm {
+            return Ok(());
+        }
+        self.remove_lv(&format!("{}-pit", self.lv_name(id)), false)
+            .map(|_| ())
+    }
+
     fn allocates_upfront(&self, _prov: Provisioning) -> bool {
         self.thin_pool.is_empty()
     }
