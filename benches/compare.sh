@@ -75,16 +75,23 @@ lvm_bench() {
     local s d; s=$(win src); d=$(win dst); windows=("$d" "$s")
     echo "LVM: filling a ${gib} GiB LV with random data..."
     head -c $((gib << 30)) /dev/urandom | dd of="$s" bs=1M oflag=direct status=none
-    local mb=$((gib * 1073741824 / 1000000)) t0 t1
-    drop; t0=$(date +%s.%N)
-    "$BIN" "$s" "$d" > "$SCRATCH/lvm-blockd.log" 2>&1
-    t1=$(date +%s.%N); local tb; tb=$(echo "$t1 - $t0" | bc -l)
-    cmp -s "$s" "$d" && echo "lvm blockd: content OK" || echo "lvm blockd: CONTENT DIFFERS"
-    blkdiscard "$d" 2>/dev/null || true
-    drop; t0=$(date +%s.%N)
-    dd if="$s" of="$d" bs=1M iflag=direct oflag=direct status=none
-    t1=$(date +%s.%N); local td; td=$(echo "$t1 - $t0" | bc -l)
-    cmp -s "$s" "$d" && echo "lvm dd: content OK" || echo "lvm dd: CONTENT DIFFERS"
+    local mb=$((gib * 1073741824 / 1000000)) t0 t1 tb=999999 td=999999 x
+    # Two rounds, alternating, best of each: the first round pays for the
+    # fill's writeback, whichever tool goes first.
+    for round in 1 2; do
+        blkdiscard "$d" 2>/dev/null || true
+        drop; t0=$(date +%s.%N)
+        "$BIN" "$s" "$d" ${LVM_BLOCKD_FLAGS:---direct-write} > "$SCRATCH/lvm-blockd.log" 2>&1
+        t1=$(date +%s.%N); x=$(echo "$t1 - $t0" | bc -l)
+        tb=$(echo "if ($x < $tb) $x else $tb" | bc -l)
+        cmp -s "$s" "$d" && echo "lvm blockd round $round: ${x}s, content OK" || echo "lvm blockd: CONTENT DIFFERS"
+        blkdiscard "$d" 2>/dev/null || true
+        drop; t0=$(date +%s.%N)
+        dd if="$s" of="$d" bs=1M iflag=direct oflag=direct status=none
+        t1=$(date +%s.%N); x=$(echo "$t1 - $t0" | bc -l)
+        td=$(echo "if ($x < $td) $x else $td" | bc -l)
+        cmp -s "$s" "$d" && echo "lvm dd round $round: ${x}s, content OK" || echo "lvm dd: CONTENT DIFFERS"
+    done
     printf "\n%-24s %8s %8s\n" "LV -> LV (${gib} GiB)" seconds "MB/s"
     printf "%-24s %8.2f %8.0f\n" "blockd engine+manifest" "$tb" "$(echo "$mb / $tb" | bc -l)"
     printf "%-24s %8.2f %8.0f\n" "dd bs=1M direct" "$td" "$(echo "$mb / $td" | bc -l)"

