@@ -55,6 +55,9 @@ pub struct Config {
     pub metrics: crate::ops::MetricsConfig,
     #[serde(default)]
     pub images: crate::images::ImagesConfig,
+    /// Extra backends beside the built-in `file` one, named by volume types.
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -156,6 +159,64 @@ pub struct VolumeTypeConfig {
     /// Snapshot copies share extents (FICLONE) where the filesystem can.
     #[serde(default = "yes")]
     pub reflink: bool,
+    /// Name of the backend holding this type's volumes.
+    #[serde(default = "default_backend_name")]
+    pub backend: String,
+}
+
+fn default_backend_name() -> String {
+    "file".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    File,
+    Lvm,
+}
+
+/// What an LVM volume's extents hold after delete.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeClear {
+    /// Left as they are (a new volume is cleared anyway).
+    None,
+    /// Cleared before the LV is removed (discard or BLKZEROOUT, never a full write on sparse storage).
+    #[default]
+    Zero,
+}
+
+/// One `[[backends]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    pub kind: BackendKind,
+    /// LVM: the volume group volumes are made in.
+    #[serde(default)]
+    pub volume_group: String,
+    /// LVM: prefix of volume LV names (snapshots get `<prefix>snap-`).
+    #[serde(default = "default_lv_prefix")]
+    pub lv_prefix: String,
+    /// LVM: thin pool to provision in (needs device-mapper); empty is thick.
+    #[serde(default)]
+    pub thin_pool: String,
+    /// LVM: the only devices lvm2 may scan (`--devices`); empty scans as lvm.conf says.
+    #[serde(default)]
+    pub devices: Vec<PathBuf>,
+    #[serde(default)]
+    pub volume_clear: VolumeClear,
+    /// LVM: the longest one lvm2 command may run.
+    #[serde(default = "default_lvm_timeout")]
+    pub command_timeout_secs: u64,
+}
+
+fn default_lv_prefix() -> String {
+    "volume-".into()
+}
+
+fn default_lvm_timeout() -> u64 {
+    60
 }
 
 fn yes() -> bool {
@@ -270,6 +331,7 @@ fn default_volume_types() -> Vec<VolumeTypeConfig> {
         provisioning,
         multiattach: false,
         reflink: true,
+        backend: default_backend_name(),
     };
     vec![
         t("SSD", "Sparse volume on fast storage", Provisioning::Sparse),
@@ -397,6 +459,34 @@ impl Config {
         self.cinder
             .validate()
             .map_err(|(key, problem)| bad(key, problem))?;
+        for (i, b) in self.backends.iter().enumerate() {
+            let key = |k: &str| format!("backends[{i}].{k}");
+            let name_ok = !b.name.is_empty()
+                && b.name.len() <= 64
+                && b.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok {
+                return Err(bad(key("name"), "must be 1-64 of A-Z a-z 0-9 - _".into()));
+            }
+            if b.name == "file" || self.backends[..i].iter().any(|o| o.name == b.name) {
+                return Err(bad(key("name"), format!("{:?} is already taken", b.name)));
+            }
+            if b.kind == BackendKind::Lvm {
+                for (k, v, allow_empty) in [
+                    ("volume_group", &b.volume_group, false),
+                    ("lv_prefix", &b.lv_prefix, false),
+                    ("thin_pool", &b.thin_pool, true),
+                ] {
+                    if let Err(p) = crate::backend::lvm::check_lvm_name(v, allow_empty) {
+                        return Err(bad(key(k), p));
+                    }
+                }
+                if !(1..=3600).contains(&b.command_timeout_secs) {
+                    return Err(bad(key("command_timeout_secs"), "must be 1-3600".into()));
+                }
+            }
+        }
         if self.volume_types.is_empty() {
             return Err(bad(
                 "volume_types".into(),
@@ -416,6 +506,12 @@ impl Config {
                 return Err(bad(
                     format!("volume_types[{i}].id"),
                     format!("{id:?} is not a UUID"),
+                ));
+            }
+            if t.backend != "file" && !self.backends.iter().any(|b| b.name == t.backend) {
+                return Err(bad(
+                    format!("volume_types[{i}].backend"),
+                    format!("{:?} is neither \"file\" nor one of backends", t.backend),
                 ));
             }
             if self.volume_types[..i].iter().any(|o| o.name == t.name) {
@@ -618,5 +714,43 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn backends_and_type_backends_are_checked() {
+        let ok = "[[backends]]\nname = \"lvm-ssd\"\nkind = \"lvm\"\nvolume_group = \"vg0\"\n\
+                  [[volume_types]]\nname = \"SSD\"\nbackend = \"lvm-ssd\"\n";
+        let c = Config::parse(ok, "b.toml").unwrap();
+        assert_eq!(c.backends[0].lv_prefix, "volume-");
+        assert_eq!(c.backends[0].volume_clear, VolumeClear::Zero);
+        assert_eq!(c.volume_types[0].backend, "lvm-ssd");
+        for (text, key) in [
+            (
+                ok.replace("backend = \"lvm-ssd\"", "backend = \"nope\""),
+                "volume_types[0].backend",
+            ),
+            (
+                ok.replace("\"vg0\"", "\"--force\""),
+                "backends[0].volume_group",
+            ),
+            (ok.replace("\"vg0\"", "\"\""), "backends[0].volume_group"),
+            (
+                ok.replace("name = \"lvm-ssd\"\nkind", "name = \"file\"\nkind"),
+                "backends[0].name",
+            ),
+            (
+                ok.replace(
+                    "volume_group = \"vg0\"",
+                    "volume_group = \"vg0\"\nthin_pool = \"a/b\"",
+                ),
+                "backends[0].thin_pool",
+            ),
+        ] {
+            let e = Config::parse(&text, "b.toml").unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        // Defaults keep every type on the file backend.
+        let d = Config::parse("", "d.toml").unwrap();
+        assert!(d.volume_types.iter().all(|t| t.backend == "file"));
     }
 }

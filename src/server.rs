@@ -92,6 +92,18 @@ impl Daemon {
         let file = FileBackend::open("file", &data_dir.join("volumes"))?;
         let mut backends: HashMap<String, Arc<dyn VolumeBackend>> = HashMap::new();
         backends.insert("file".into(), Arc::new(file));
+        for b in &cfg.backends {
+            let opened: Arc<dyn VolumeBackend> = match b.kind {
+                crate::config::BackendKind::File => Arc::new(FileBackend::open(
+                    &b.name,
+                    &data_dir.join("backends").join(&b.name).join("volumes"),
+                )?),
+                crate::config::BackendKind::Lvm => {
+                    Arc::new(crate::backend::lvm::LvmBackend::open(b, &data_dir)?)
+                }
+            };
+            backends.insert(b.name.clone(), opened);
+        }
 
         let creds = if cfg.scp.credentials.is_empty() {
             let (c, new) = load_or_generate_credentials(&data_dir)?;

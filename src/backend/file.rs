@@ -104,6 +104,16 @@ fn allocated(f: &File) -> u64 {
     f.metadata().map(|m| m.blocks()).unwrap_or(0)
 }
 
+/// An io::Error as a backend error; running out of space is NoSpace.
+pub(crate) fn io_error(
+    backend: &str,
+    op: &'static str,
+    target: &Path,
+    e: std::io::Error,
+) -> BackendError {
+    io(backend, op, target, e)
+}
+
 fn io(backend: &str, op: &'static str, target: &Path, e: std::io::Error) -> BackendError {
     let no_space = matches!(
         e.raw_os_error(),

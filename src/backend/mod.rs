@@ -1,9 +1,11 @@
 //! Backends own where a volume's bytes live. The service only sees the
 //! `VolumeBackend` trait: create, grow and delete by volume id, each
 //! idempotent and reporting whether it changed anything. Today there is
-//! one backend, sparse or preallocated files under the data dir.
+//! the file backend (sparse or preallocated files under the data dir) and
+//! the LVM backend (logical volumes in a volume group).
 
 pub mod file;
+pub mod lvm;
 
 use crate::config::Provisioning;
 use std::path::PathBuf;
@@ -27,6 +29,12 @@ pub enum BackendError {
     },
     #[error("invalid volume id {0:?}")]
     InvalidId(String),
+    #[error("backend {backend}: {detail}")]
+    Command { backend: String, detail: String },
+    #[error("backend {backend} is not usable: {detail}")]
+    Unavailable { backend: String, detail: String },
+    #[error("backend {backend}: volume {id} does not exist")]
+    NotFound { backend: String, id: String },
     #[error("backend {backend}: {op} {target}: {source}")]
     Io {
         backend: String,
@@ -42,6 +50,11 @@ pub enum BackendErrorKind {
     Shrink,
     Invalid,
     Io,
+    /// An external tool (lvm2) failed; its stderr is in the message.
+    Command,
+    /// The backend failed its start-up check.
+    Unavailable,
+    NotFound,
 }
 
 impl BackendError {
@@ -51,6 +64,9 @@ impl BackendError {
             BackendError::Shrink { .. } => BackendErrorKind::Shrink,
             BackendError::InvalidId(_) => BackendErrorKind::Invalid,
             BackendError::Io { .. } => BackendErrorKind::Io,
+            BackendError::Command { .. } => BackendErrorKind::Command,
+            BackendError::Unavailable { .. } => BackendErrorKind::Unavailable,
+            BackendError::NotFound { .. } => BackendErrorKind::NotFound,
         }
     }
 }
@@ -88,6 +104,44 @@ pub trait VolumeBackend: Send + Sync {
     fn snapshot_location(&self, snapshot_id: &str) -> Option<Location>;
     /// Removes a snapshot's data and manifest; absent is Unchanged.
     fn delete_snapshot(&self, snapshot_id: &str) -> Result<Change, BackendError>;
+
+    /// Volumes and snapshots are devices written in place: the service makes
+    /// and clears the target first instead of writing a temp file.
+    fn in_place(&self) -> bool {
+        false
+    }
+    /// Makes a snapshot's device exist with `size` bytes, reading as zeros.
+    fn prepare_snapshot(&self, _snapshot_id: &str, _size: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Makes a volume read as zeros without writing it end to end.
+    fn clear(&self, _id: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Where a snapshot's manifest is kept.
+    fn snapshot_manifest(&self, snapshot_id: &str) -> Option<PathBuf> {
+        match self.snapshot_location(snapshot_id)? {
+            Location::File(p) | Location::BlockDevice(p) => Some(manifest_path(&p)),
+        }
+    }
+    /// Why a copy of an in-use volume would not be point-in-time, if so.
+    fn live_copy_refused(&self) -> Option<String> {
+        None
+    }
+    /// A point-in-time source to copy an in-use volume from (an LVM
+    /// snapshot); None copies the volume itself.
+    fn begin_live_copy(&self, _id: &str) -> Result<Option<Location>, BackendError> {
+        Ok(None)
+    }
+    /// Drops what `begin_live_copy` made; nothing there is not an error.
+    fn end_live_copy(&self, _id: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Whether create and extend allocate every byte at once, so that the
+    /// service checks free space before it accepts them.
+    fn allocates_upfront(&self, _prov: Provisioning) -> bool {
+        false
+    }
 }
 
 /// The manifest path beside a snapshot file, and the temp path a copy is

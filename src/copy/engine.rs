@@ -284,6 +284,7 @@ pub(crate) fn run(
         ret_rx: &ret_rx,
         progress,
         cancel,
+        skip_zero: opts.skip_zero_blocks,
     };
     let res = match kind {
         EngineKind::Uring => run_uring(&ctx),
@@ -318,9 +319,25 @@ struct Ctx<'a> {
     ret_rx: &'a Receiver<usize>,
     progress: &'a Progress,
     cancel: &'a CancelToken,
+    /// Leave all-zero blocks unwritten (the destination reads as zeros).
+    skip_zero: bool,
 }
 
 impl Ctx<'_> {
+    /// Whether the block just read into `buf` is all zeros.
+    fn all_zero(&self, buf: usize, b: Block) -> bool {
+        // SAFETY: the read filled b.len bytes of buffer `buf`, which this
+        // engine owns until it is written or handed to the hasher.
+        let bytes = unsafe { std::slice::from_raw_parts(self.bufs.at(buf), b.len as usize) };
+        let (head, words, tail) = {
+            // SAFETY: any bit pattern is a valid u64.
+            unsafe { bytes.align_to::<u64>() }
+        };
+        head.iter().all(|&x| x == 0)
+            && words.iter().all(|&x| x == 0)
+            && tail.iter().all(|&x| x == 0)
+    }
+
     /// Stop reason checked between submissions.
     fn should_stop(&self) -> Option<CopyError> {
         if self.cancel.is_cancelled() {
@@ -498,6 +515,12 @@ fn run_uring(ctx: &Ctx) -> Result<(), CopyError> {
             }
             if finished_io {
                 match op.phase {
+                    Phase::Read if ctx.skip_zero && ctx.all_zero(buf, op.block) => {
+                        ops[buf] = None;
+                        inflight -= 1;
+                        ctx.block_done(buf, op.block, &mut free);
+                        continue;
+                    }
                     Phase::Read => {
                         op = Op {
                             block: op.block,
@@ -587,7 +610,9 @@ fn run_fallback(ctx: &Ctx) -> Result<(), CopyError> {
         };
         let p = ctx.bufs.at(buf);
         pread_full(|o, l| ctx.fds.read_fd(o, l), p, b, false)?;
-        pread_full(|o, l| ctx.fds.write_fd(o, l), p, b, true)?;
+        if !(ctx.skip_zero && ctx.all_zero(buf, b)) {
+            pread_full(|o, l| ctx.fds.write_fd(o, l), p, b, true)?;
+        }
         ctx.block_done(buf, b, &mut free);
         while let Ok(i) = ctx.ret_rx.try_recv() {
             free.push(i);

@@ -26,6 +26,10 @@ pub(crate) fn data_extents(f: &File, size: u64) -> Result<Vec<(u64, u64)>, CopyE
             if e.raw_os_error() == Some(libc::ENXIO) {
                 break; // only a hole remains
             }
+            if e.raw_os_error() == Some(libc::EINVAL) && pos == 0 {
+                // No extent map (a block device): all of it is data.
+                return Ok(vec![(0, size)]);
+            }
             return Err(CopyError::io("seek data", e));
         }
         // SAFETY: as above.

@@ -150,10 +150,7 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 /// Hash a file chunk by chunk; holes hash as zeros and are not read.
 pub(crate) fn compute(path: &Path) -> Result<Manifest, CopyError> {
     let f = File::open(path).map_err(|e| CopyError::io("open for hashing", e))?;
-    let size = f
-        .metadata()
-        .map_err(|e| CopyError::io("stat for hashing", e))?
-        .len();
+    let size = super::byte_size(&f).map_err(|e| CopyError::io("stat for hashing", e))?;
     let extents = data_extents(&f, size)?;
     let n = size.div_ceil(CHUNK_SIZE);
     let mut chunks = Vec::with_capacity(n as usize);

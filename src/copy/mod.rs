@@ -56,6 +56,10 @@ pub struct CopyOptions {
     pub engine: EnginePreference,
     /// Try FICLONE first.
     pub reflink: bool,
+    /// Do not write blocks that read as all zeros. Only for a destination
+    /// already cleared (a fresh or discarded block device), where skipping
+    /// them keeps a thin or sparse-backed device from filling up.
+    pub skip_zero_blocks: bool,
 }
 
 impl Default for CopyOptions {
@@ -71,6 +75,7 @@ impl Default for CopyOptions {
             manifest: true,
             engine: EnginePreference::Auto,
             reflink: true,
+            skip_zero_blocks: false,
         }
     }
 }
@@ -262,10 +267,8 @@ fn copy_inner(
         },
     };
     let src_f = File::open(src).map_err(|e| CopyError::io("open source", e))?;
-    let size = src_f
-        .metadata()
-        .map_err(|e| CopyError::io("stat source", e))?
-        .len();
+    let size = byte_size(&src_f).map_err(|e| CopyError::io("stat source", e))?;
+    // A block device is written in place (O_TRUNC does not apply to it).
     let dst_f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -273,6 +276,7 @@ fn copy_inner(
         .truncate(true)
         .open(dst)
         .map_err(|e| CopyError::io("create destination", e))?;
+    let dst_is_device = is_block_device(&dst_f);
 
     if let Some(exp) = expected
         && (exp.logical_size() != size || exp.chunk_size() != CHUNK_SIZE)
@@ -307,9 +311,21 @@ fn copy_inner(
         });
     }
 
-    dst_f
-        .set_len(size)
-        .map_err(|e| CopyError::io("size destination", e))?;
+    if dst_is_device {
+        let room = byte_size(&dst_f).map_err(|e| CopyError::io("size destination", e))?;
+        if room < size {
+            return Err(CopyError::NoSpace {
+                context: "destination device",
+                source: io::Error::other(format!(
+                    "the device holds {room} bytes, the source {size}"
+                )),
+            });
+        }
+    } else {
+        dst_f
+            .set_len(size)
+            .map_err(|e| CopyError::io("size destination", e))?;
+    }
     let any_direct = opts.direct_read || opts.direct_write;
     let extents = extents::data_extents(&src_f, size)?;
     let blocks = extents::blocks(&extents, size, opts.block_size as u64, any_direct);
@@ -344,6 +360,21 @@ fn copy_inner(
         reflinked: false,
         manifest,
     })
+}
+
+fn is_block_device(f: &File) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    f.metadata().is_ok_and(|m| m.file_type().is_block_device())
+}
+
+/// Size in bytes of a file or a block device (whose metadata says 0).
+pub fn byte_size(f: &File) -> io::Result<u64> {
+    if is_block_device(f) {
+        use std::io::Seek;
+        let mut r = f;
+        return r.seek(io::SeekFrom::End(0));
+    }
+    Ok(f.metadata()?.len())
 }
 
 fn open_direct(path: &Path, write: bool) -> io::Result<File> {

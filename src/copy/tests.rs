@@ -444,3 +444,30 @@ fn loop_reflink_on_xfs_shares_extents_and_still_hashes() {
     let used = before.saturating_sub(free_bytes(&mnt));
     assert!(used >= 40 * MIB, "a plain copy used only {used} bytes");
 }
+
+#[test]
+fn skip_zero_blocks_leaves_written_zeros_unwritten() {
+    for engine in [EnginePreference::Auto, EnginePreference::Fallback] {
+        let d = dir();
+        let src = d.path().join("s");
+        make(&src, 8 * MIB, &[(0, MIB)]);
+        // Zeros that are allocated data, not a hole.
+        let f = OpenOptions::new().write(true).open(&src).unwrap();
+        f.write_all_at(&vec![0u8; 4 * MIB as usize], 2 * MIB)
+            .unwrap();
+        f.sync_all().unwrap();
+        let dst = d.path().join("d");
+        let o = CopyOptions {
+            skip_zero_blocks: true,
+            ..opts(engine)
+        };
+        let r = copy(&src, &dst, &o, &Progress::new(), &CancelToken::new()).unwrap();
+        assert_eq!(r.manifest.unwrap().chunks(), &ref_manifest(&src)[..]);
+        assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        let held = std::fs::metadata(&dst).unwrap().blocks() * 512;
+        assert!(
+            held <= 2 * MIB,
+            "{engine:?}: destination holds {held} bytes"
+        );
+    }
+}

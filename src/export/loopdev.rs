@@ -23,6 +23,8 @@ const SYS_BLOCK: &str = "/sys/block";
 
 // Request numbers from <linux/loop.h> and <linux/fs.h>.
 const LOOP_CLR_FD: libc::Ioctl = 0x4C01;
+const LOOP_SET_STATUS64: libc::Ioctl = 0x4C04;
+const LOOP_GET_STATUS64: libc::Ioctl = 0x4C05;
 const LOOP_SET_CAPACITY: libc::Ioctl = 0x4C07;
 const LOOP_CONFIGURE: libc::Ioctl = 0x4C0A;
 const LOOP_CTL_REMOVE: libc::Ioctl = 0x4C81;
@@ -389,6 +391,61 @@ pub fn set_capacity(dev: &Path) -> Result<(), ExportError> {
         return Err(ExportError::from_io("LOOP_SET_CAPACITY", dev, err));
     }
     Ok(())
+}
+
+/// Changes the size of a window mapping (`LOOP_SET_STATUS64` with a new
+/// sizelimit), live: open fds see the new size. The kernel answers EAGAIN
+/// while it cannot drop the old page cache, so that is retried briefly.
+pub fn set_sizelimit(dev: &Path, sizelimit: u64) -> Result<(), ExportError> {
+    if !sizelimit.is_multiple_of(512) {
+        return Err(ExportError::Invalid(format!(
+            "sizelimit {sizelimit} must be a multiple of 512"
+        )));
+    }
+    let file = open_ro(dev)?;
+    // SAFETY: LoopInfo64 is plain old data; all zeros is a valid value.
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: LOOP_GET_STATUS64 fills one loop_info64 through the pointer,
+    // which points at a live local of exactly that layout (size asserted).
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            LOOP_GET_STATUS64,
+            &mut info as *mut LoopInfo64,
+        )
+    };
+    if rc < 0 {
+        return Err(ExportError::from_io(
+            "LOOP_GET_STATUS64",
+            dev,
+            io::Error::last_os_error(),
+        ));
+    }
+    if info.lo_sizelimit == sizelimit {
+        return Ok(());
+    }
+    info.lo_sizelimit = sizelimit;
+    let mut tries = 0;
+    loop {
+        // SAFETY: as above; the kernel only reads the struct.
+        let rc = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                LOOP_SET_STATUS64,
+                &info as *const LoopInfo64,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        tries += 1;
+        if err.raw_os_error() == Some(libc::EAGAIN) && tries < 50 {
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        return Err(ExportError::from_io("LOOP_SET_STATUS64", dev, err));
+    }
 }
 
 /// Size of a block device in bytes (`BLKGETSIZE64`).

@@ -20,7 +20,7 @@ mod tests;
 pub use exporter::{Exporter, Exposed, LoopExporter};
 pub use loopdev::{
     DetachOutcome, LoopDevice, LoopGuard, LoopInfo, LoopOptions, attach, detach, device_size,
-    find_by_backing, list, list_under, remove_device, set_capacity,
+    find_by_backing, list, list_under, remove_device, set_capacity, set_sizelimit,
 };
 pub use qos::{QosLimits, ThrottleBackend, ThrottleState, Throttler};
 

@@ -124,20 +124,41 @@ impl Service {
         size: u64,
         backend: &dyn VolumeBackend,
     ) -> std::result::Result<(), String> {
+        let in_place = backend.in_place();
+        if in_place
+            && let Ok(v) = self.store.get_volume(None, src_id)
+            && v.state == crate::store::model::VolumeState::InUse
+            && let Some(why) = backend.live_copy_refused()
+        {
+            return Err(format!("source volume {src_id} is in use: {why}"));
+        }
         let src = file_of(backend.location(src_id), "source volume")?;
         if let Ok(Some(x)) = self.store.export(src_id) {
             flush(std::path::Path::new(&x.host_path))?;
         }
         let dst = file_of(backend.location(dst_id), "volume")?;
-        let tmp = temp_path(&dst);
-        let _ = std::fs::remove_file(&tmp);
+        let tmp = if in_place {
+            dst.clone()
+        } else {
+            temp_path(&dst)
+        };
+        if !in_place {
+            let _ = std::fs::remove_file(&tmp);
+        }
         let opts = copy::CopyOptions {
             manifest: false,
+            reflink: self.copy_options.reflink && !in_place,
+            skip_zero_blocks: in_place,
+            // Buffered writes to a block device cost 3x the CPU (measured).
+            direct_write: self.copy_options.direct_write || in_place,
             ..self.copy_options.clone()
         };
         let copied = copy::copy(&src, &tmp, &opts, &Progress::new(), &CancelToken::new())
             .map(|_| ())
             .map_err(|e| super::reason(&e));
+        if in_place {
+            return copied;
+        }
         grow_and_commit(copied, &tmp, &dst, size)
     }
 

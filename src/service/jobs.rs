@@ -212,6 +212,11 @@ impl Service {
                 from_snapshot: Some(sid),
                 ..
             } => {
+                if backend.in_place() {
+                    backend
+                        .create(id, size_gib * GIB, *provisioning)
+                        .map_err(|e| err(&e))?;
+                }
                 self.restore_copy(sid, id, size_gib * GIB, backend)?;
                 // Allocates the rest when the type is provisioned.
                 backend
@@ -226,6 +231,11 @@ impl Service {
                 from_volume: Some(src),
                 ..
             } => {
+                if backend.in_place() {
+                    backend
+                        .create(id, size_gib * GIB, *provisioning)
+                        .map_err(|e| err(&e))?;
+                }
                 self.clone_copy(src, id, size_gib * GIB, backend)?;
                 backend
                     .extend(id, size_gib * GIB, *provisioning)

@@ -67,6 +67,11 @@ pub enum ServiceError {
     /// The image service is unset, unreachable or failing.
     #[error("image service: {0}")]
     ImageService(String),
+    /// The request is valid but the backend cannot do it in this state.
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    NoCapacity(String),
     #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
@@ -98,6 +103,10 @@ pub enum ErrorKind {
     Unavailable,
     /// The image service (Glance) cannot serve the request.
     ImageService,
+    /// 409 in both dialects.
+    Busy,
+    /// The backend lacks the space; 400 in both dialects.
+    NoCapacity,
     Internal,
 }
 
@@ -110,6 +119,8 @@ impl ServiceError {
             ServiceError::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
             ServiceError::Unavailable => ErrorKind::Unavailable,
             ServiceError::ImageService(_) => ErrorKind::ImageService,
+            ServiceError::Busy(_) => ErrorKind::Busy,
+            ServiceError::NoCapacity(_) => ErrorKind::NoCapacity,
             ServiceError::Store(_) | ServiceError::Backend(_) => ErrorKind::Internal,
         }
     }
@@ -329,7 +340,7 @@ impl Service {
                 provisioning: t.provisioning,
                 multiattach: t.multiattach,
                 reflink: t.reflink,
-                backend: "file".to_string(),
+                backend: t.backend.clone(),
             })
             .collect();
         Service {
@@ -417,6 +428,51 @@ impl Service {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// The capacity behind a volume type whose backend allocates up front
+    /// (an LVM volume group); None for sparse storage or when it cannot be read.
+    pub fn type_capacity(&self, vt: &VolumeType) -> Option<crate::backend::Capacity> {
+        let b = self.backends.get(&vt.backend)?;
+        if !b.allocates_upfront(vt.provisioning) {
+            return None;
+        }
+        b.capacity().ok()
+    }
+
+    /// Copies stay inside one backend: a new volume must be of a type on
+    /// the backend that holds its source.
+    fn same_backend(&self, vt: &VolumeType, source_volume: &str, field: &str) -> Result<()> {
+        let src = self.store.get_volume(None, source_volume)?;
+        if src.backend != vt.backend {
+            return Err(ServiceError::invalid(
+                field,
+                format!(
+                    "the source lives on backend {}, but volume type {} is on backend {}",
+                    src.backend, vt.name, vt.backend
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses, before anything changes, a create or grow by `gib` that a
+    /// backend allocating up front has no room for.
+    fn check_capacity(&self, vt: &VolumeType, gib: u64) -> Result<()> {
+        let b = self.backend(&vt.backend)?;
+        if !b.allocates_upfront(vt.provisioning) {
+            return Ok(());
+        }
+        let cap = b.capacity()?;
+        if gib * GIB > cap.free {
+            return Err(ServiceError::NoCapacity(format!(
+                "backend {} has {} GiB free of {} GiB; {gib} GiB more do not fit",
+                vt.backend,
+                cap.free / GIB,
+                cap.total / GIB
+            )));
+        }
+        Ok(())
     }
 
     /// Snapshot copies in flight: how many, bytes done and bytes total.
@@ -533,11 +589,18 @@ impl Service {
         }
         if let Some(src) = &req.source_volid {
             self.check_clone_source(caller, src, req.size_gib)?;
+            self.same_backend(&vt, src, "source_volid")?;
         }
         if let Some(img) = &req.image {
             self.check_image_fits(&img.image, req.size_gib)?;
         }
         self.backend(&vt.backend)?;
+        if let Some(sid) = &req.snapshot_id
+            && let Ok(snap) = self.store.get_snapshot(None, sid)
+        {
+            self.same_backend(&vt, &snap.volume_id, "snapshot_id")?;
+        }
+        self.check_capacity(&vt, req.size_gib)?;
         let now = self.now();
         let volume = Volume {
             id: uuid::Uuid::new_v4().to_string(),
@@ -712,6 +775,9 @@ impl Service {
             });
         }
         let vt = self.volume_type(&current.volume_type_id).cloned();
+        if let Some(t) = &vt {
+            self.check_capacity(t, new_size_gib - current.size_gib)?;
+        }
         let params = JobParams::Extend {
             from_gib: current.size_gib,
             to_gib: new_size_gib,

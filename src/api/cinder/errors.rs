@@ -112,6 +112,8 @@ impl From<ServiceError> for CinderError {
                 CinderError::invalid_input(format!("{field}: {message}"))
             }
             (_, ErrorKind::Conflict) => CinderError::invalid_volume(&e),
+            (_, ErrorKind::Busy) => CinderError::new(StatusCode::CONFLICT, e.to_string()),
+            (_, ErrorKind::NoCapacity) => CinderError::bad_request(e.to_string()),
             (
                 ServiceError::QuotaExceeded {
                     resource,

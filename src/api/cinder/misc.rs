@@ -73,7 +73,7 @@ pub async fn list_types(
         .svc
         .volume_types()
         .iter()
-        .map(|t| views::volume_type(&ctx, t))
+        .map(|t| views::volume_type(&ctx, t, st.svc.type_capacity(t)))
         .collect();
     Json(json!({ "volume_types": types })).into_response()
 }
@@ -83,7 +83,8 @@ pub async fn default_type(
     Extension(ctx): Extension<Ctx>,
 ) -> Response {
     let t = st.svc.default_volume_type();
-    Json(json!({"volume_type": views::volume_type(&ctx, t)})).into_response()
+    Json(json!({"volume_type": views::volume_type(&ctx, t, st.svc.type_capacity(t))}))
+        .into_response()
 }
 
 pub async fn show_type(
@@ -92,7 +93,10 @@ pub async fn show_type(
     Path(id): Path<String>,
 ) -> CResult<Response> {
     match st.svc.volume_type(&id) {
-        Some(t) => Ok(Json(json!({"volume_type": views::volume_type(&ctx, t)})).into_response()),
+        Some(t) => Ok(Json(
+            json!({"volume_type": views::volume_type(&ctx, t, st.svc.type_capacity(t))}),
+        )
+        .into_response()),
         None => Err(CinderError::not_found(format!(
             "Volume type {id} could not be found."
         ))),
@@ -116,7 +120,7 @@ fn quota_set(
     project: &str,
     l: &QuotaLimits,
     usage: Option<&crate::store::model::Usage>,
-    types: &[String],
+    types: &[(String, Option<u64>)],
 ) -> Value {
     let mut m = serde_json::Map::new();
     m.insert("id".into(), project.into());
@@ -138,9 +142,14 @@ fn quota_set(
     for r in ["backups", "backup_gigabytes", "groups"] {
         m.insert(r.into(), entry(-1, 0));
     }
-    for t in types {
+    for (t, free_gib) in types {
         for r in ["volumes", "snapshots", "gigabytes"] {
-            m.insert(format!("{r}_{t}"), entry(-1, 0));
+            // A type on an LVM volume group can hold no more than its free space.
+            let limit = match (r, free_gib) {
+                ("gigabytes", Some(f)) => *f as i64,
+                _ => -1,
+            };
+            m.insert(format!("{r}_{t}"), entry(limit, 0));
         }
     }
     json!({ "quota_set": Value::Object(m) })
@@ -156,11 +165,17 @@ fn may_see_project(ctx: &Ctx, project: &str) -> CResult<()> {
     }
 }
 
-fn type_names(st: &CinderState) -> Vec<String> {
+/// Each type's name and, for a type on an LVM volume group, its free GiB.
+fn type_names(st: &CinderState) -> Vec<(String, Option<u64>)> {
     st.svc
         .volume_types()
         .iter()
-        .map(|t| t.name.clone())
+        .map(|t| {
+            (
+                t.name.clone(),
+                st.svc.type_capacity(t).map(|c| c.free >> 30),
+            )
+        })
         .collect()
 }
 

@@ -365,15 +365,16 @@ pub struct VolumeTypeView {
     pub is_public: bool,
     #[serde(rename = "os-volume-type-access:is_public")]
     pub access_is_public: bool,
-    /// `provisioning:type` (thin or thick), and `multiattach` ("<is> True")
-    /// for multiattach types.
+    /// `provisioning:type` (thin or thick), `multiattach` ("<is> True")
+    /// for multiattach types, and for a backend other than `file` its
+    /// `volume_backend_name` with `free_capacity_gb` / `total_capacity_gb`.
     pub extra_specs: BTreeMap<String, String>,
     /// Admin only. Always null.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qos_specs_id: Option<Option<String>>,
 }
 
-pub fn volume_type(ctx: &Ctx, t: &VolumeType) -> Value {
+pub fn volume_type(ctx: &Ctx, t: &VolumeType, cap: Option<crate::backend::Capacity>) -> Value {
     let provisioning = match t.provisioning {
         crate::config::Provisioning::Sparse => "thin",
         crate::config::Provisioning::Full => "thick",
@@ -382,6 +383,14 @@ pub fn volume_type(ctx: &Ctx, t: &VolumeType) -> Value {
     specs.insert("provisioning:type".to_string(), provisioning.to_string());
     if t.multiattach {
         specs.insert("multiattach".to_string(), "<is> True".to_string());
+    }
+    if t.backend != "file" {
+        specs.insert("volume_backend_name".to_string(), t.backend.clone());
+    }
+    if let Some(c) = cap {
+        // Cinder's pool-stat names, as GiB strings like every extra spec.
+        specs.insert("free_capacity_gb".to_string(), (c.free >> 30).to_string());
+        specs.insert("total_capacity_gb".to_string(), (c.total >> 30).to_string());
     }
     to_json(&VolumeTypeView {
         id: t.id.clone(),

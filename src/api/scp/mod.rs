@@ -142,6 +142,14 @@ impl From<ServiceError> for ScpError {
                 "QuotaExceeded",
                 capitalise(&e.to_string()),
             ),
+            ErrorKind::Busy => {
+                ScpError::new(StatusCode::CONFLICT, "Conflict", capitalise(&e.to_string()))
+            }
+            ErrorKind::NoCapacity => ScpError::new(
+                StatusCode::BAD_REQUEST,
+                "InsufficientCapacity",
+                capitalise(&e.to_string()),
+            ),
             ErrorKind::Unavailable => ScpError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
@@ -776,13 +784,14 @@ async fn list_types(State(st): State<Arc<ScpState>>) -> Json<Value> {
         .svc
         .volume_types()
         .iter()
-        .map(views::volume_type)
+        .map(|t| views::volume_type(t, st.svc.type_capacity(t)))
         .collect();
     Json(json!({ "volume_types": types }))
 }
 
 async fn default_type(State(st): State<Arc<ScpState>>) -> Json<views::VolumeTypeView> {
-    Json(views::volume_type(st.svc.default_volume_type()))
+    let t = st.svc.default_volume_type();
+    Json(views::volume_type(t, st.svc.type_capacity(t)))
 }
 
 async fn show_type(
@@ -791,7 +800,7 @@ async fn show_type(
 ) -> Result<Json<views::VolumeTypeView>, ScpError> {
     st.svc
         .volume_type(&id)
-        .map(|t| Json(views::volume_type(t)))
+        .map(|t| Json(views::volume_type(t, st.svc.type_capacity(t))))
         .ok_or_else(|| ScpError::not_found(format!("Volume type {id} not found")))
 }
 

@@ -128,6 +128,14 @@ pub fn volume_list(items: &[VolumeDetail], count: Option<u64>, ver: ApiVersion) 
 pub struct ExtraSpecs {
     /// Cinder's spelling, which this API inherited.
     pub multiattach: String,
+    /// The backend, for types not on the built-in file backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_backend_name: Option<String>,
+    /// Free and total GiB of a backend that allocates up front (LVM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_capacity_gb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_capacity_gb: Option<u64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -138,7 +146,7 @@ pub struct VolumeTypeView {
     pub extra_specs: ExtraSpecs,
 }
 
-pub fn volume_type(t: &VolumeType) -> VolumeTypeView {
+pub fn volume_type(t: &VolumeType, cap: Option<crate::backend::Capacity>) -> VolumeTypeView {
     VolumeTypeView {
         id: t.id.clone(),
         name: t.name.clone(),
@@ -150,6 +158,9 @@ pub fn volume_type(t: &VolumeType) -> VolumeTypeView {
                 "<is> False"
             }
             .to_string(),
+            volume_backend_name: (t.backend != "file").then(|| t.backend.clone()),
+            free_capacity_gb: cap.map(|c| c.free >> 30),
+            total_capacity_gb: cap.map(|c| c.total >> 30),
         },
     }
 }
