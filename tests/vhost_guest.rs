@@ -177,7 +177,7 @@ pub async fn spawn_daemon(cfg: &Path, port: u16) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_blockd"))
         .args(["serve", "--config"])
         .arg(cfg)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "warn,blockd::export=info")
         .stdin(Stdio::null())
         .spawn()
         .expect("daemon starts");

@@ -324,6 +324,27 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(file: File, path: &Path, block_device: bool, read_only: bool) -> Shared {
+        let mut id = [0u8; ID_BYTES];
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        let n = stem.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&stem.as_bytes()[..n]);
+        Shared {
+            file,
+            backing: path.to_path_buf(),
+            block_device,
+            read_only,
+            capacity: AtomicU64::new(0),
+            id,
+            qos: Mutex::new(Buckets::default()),
+            uring: crate::copy::probe() == crate::copy::EngineKind::Uring,
+            channel: Mutex::new(None),
+            connected: AtomicBool::new(false),
+            shutdown: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        }
+    }
+
     fn size_now(&self) -> io::Result<u64> {
         if self.block_device {
             let mut n: u64 = 0;
@@ -693,6 +714,18 @@ fn handle(
             if !wait.is_zero() {
                 std::thread::sleep(wait);
             }
+            // Requests in one batch run concurrently; one that overlaps a
+            // pending request with a write on either side waits for it, so
+            // a read after a write sees the write.
+            let off = offset.unwrap_or(0);
+            if batch
+                .iter()
+                .any(|p| (p.write || write) && p.offset < off + len && off < p.offset + p.len)
+            {
+                let mut done = Vec::new();
+                submit(w, shared, mem, batch, &mut done);
+                PENDING_DONE.with(|p| p.borrow_mut().extend(done));
+            }
             batch.push(Pending {
                 head,
                 status,
@@ -998,24 +1031,8 @@ impl VhostExporter {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| ExportError::from_io("create socket dir", &self.dir, e))?;
         let socket = self.socket_for(path);
-        let mut id = [0u8; ID_BYTES];
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-        let n = stem.len().min(ID_BYTES);
-        id[..n].copy_from_slice(&stem.as_bytes()[..n]);
-        let shared = Arc::new(Shared {
-            file,
-            backing: path.to_path_buf(),
-            block_device,
-            read_only,
-            capacity: AtomicU64::new(0),
-            id,
-            qos: Mutex::new(Buckets::default()),
-            uring: crate::copy::probe() == crate::copy::EngineKind::Uring,
-            channel: Mutex::new(None),
-            connected: AtomicBool::new(false),
-            shutdown: Mutex::new(None),
-            stop: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new(file, path, block_device, read_only));
         let size = shared
             .size_now()
             .map_err(|e| ExportError::from_io("size", path, e))?;
@@ -1219,5 +1236,219 @@ impl super::Exporter for VhostExporter {
                 backing: s.shared.backing.clone(),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+
+    fn mem() -> Mem {
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
+    }
+
+    fn header(m: &Mem, at: u64, ty: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&ty.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        m.write_slice(&h, GuestAddress(at)).unwrap();
+    }
+
+    fn d(addr: u64, len: u32, write: bool) -> Desc {
+        Desc { addr, len, write }
+    }
+
+    #[test]
+    fn parses_reads_writes_and_status_placement() {
+        let m = mem();
+        header(&m, 0x1000, VIRTIO_BLK_T_IN, 8);
+        let r = parse_request(&m, &[d(0x1000, 16, false), d(0x2000, 4096, true), d(0x3000, 1, true)])
+            .unwrap();
+        assert_eq!(r.op, Op::Read);
+        assert_eq!(r.sector, 8);
+        assert_eq!(r.data_len(), 4096);
+        assert_eq!(r.status, 0x3000);
+        // Data and status sharing the last descriptor.
+        let r = parse_request(&m, &[d(0x1000, 16, false), d(0x2000, 513, true)]).unwrap();
+        assert_eq!(r.data, vec![d(0x2000, 512, true)]);
+        assert_eq!(r.status, 0x2000 + 512);
+        header(&m, 0x1000, VIRTIO_BLK_T_OUT, 0);
+        let r = parse_request(&m, &[d(0x1000, 16, false), d(0x2000, 512, false), d(0x3000, 1, true)])
+            .unwrap();
+        assert_eq!(r.op, Op::Write);
+        header(&m, 0x1000, 99, 0);
+        let r = parse_request(&m, &[d(0x1000, 16, false), d(0x3000, 1, true)]).unwrap();
+        assert_eq!(r.op, Op::Unsupported(99));
+    }
+
+    #[test]
+    fn refuses_malformed_chains() {
+        let m = mem();
+        header(&m, 0x1000, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(parse_request(&m, &[d(0x1000, 16, false)]), Err(ParseError::TooShort));
+        assert_eq!(
+            parse_request(&m, &[d(0x1000, 8, false), d(0x3000, 1, true)]),
+            Err(ParseError::BadHeader)
+        );
+        assert_eq!(
+            parse_request(&m, &[d(0x1000, 16, false), d(0x3000, 1, false)]),
+            Err(ParseError::BadStatus)
+        );
+        // A read whose data buffer the device may not write.
+        assert_eq!(
+            parse_request(&m, &[d(0x1000, 16, false), d(0x2000, 512, false), d(0x3000, 1, true)]),
+            Err(ParseError::Direction)
+        );
+        assert_eq!(
+            parse_request(&m, &[d(0x10_0000_0000, 16, false), d(0x3000, 1, true)]),
+            Err(ParseError::Memory)
+        );
+    }
+
+    #[test]
+    fn discard_segments_and_config_space() {
+        let m = mem();
+        let mut seg = [0u8; 16];
+        seg[0..8].copy_from_slice(&64u64.to_le_bytes());
+        seg[8..12].copy_from_slice(&16u32.to_le_bytes());
+        seg[12..16].copy_from_slice(&VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP.to_le_bytes());
+        m.write_slice(&seg, GuestAddress(0x2000)).unwrap();
+        assert_eq!(parse_segments(&m, &[d(0x2000, 16, false)]).unwrap(), vec![(64, 16, true)]);
+        assert!(parse_segments(&m, &[d(0x2000, 15, false)]).is_err());
+        let c = config_space(1 << 30, 2);
+        assert_eq!(u64::from_le_bytes(c[0..8].try_into().unwrap()), (1 << 30) / 512);
+        assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 4096);
+        assert_eq!(u16::from_le_bytes(c[34..36].try_into().unwrap()), 2);
+    }
+
+    #[test]
+    fn token_bucket_spreads_work_over_time() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(100);
+        // Burst of a tenth of a second, then each token costs 10 ms.
+        let mut waited = Duration::ZERO;
+        for _ in 0..110 {
+            waited += b.take(1, t0);
+        }
+        assert!(waited > Duration::from_millis(100), "{waited:?}");
+        // After a second of rest the debt is paid and the burst refilled.
+        assert_eq!(b.take(1, t0 + Duration::from_secs(2)), Duration::ZERO);
+        // One request larger than the burst passes, the next one waits.
+        let mut b = Bucket::new(1_000_000);
+        assert_eq!(b.take(100_000, t0), Duration::ZERO);
+        assert!(b.take(1_000_000, t0) >= Duration::from_millis(900));
+    }
+
+    fn raw(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+    }
+
+    #[test]
+    fn queue_handling_writes_reads_flushes_and_answers_get_id() {
+        use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0123456789abcdef0123456789.img");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(1 << 20).unwrap();
+        let shared = Shared::new(f, &path, false, false);
+        shared.capacity.store(1 << 20, Ordering::Release);
+
+        let m = mem();
+        let q = MockSplitQueue::new(&m, 16);
+        let n = VRING_DESC_F_NEXT as u16;
+        let w = VRING_DESC_F_WRITE as u16;
+        // write 4 KiB of 0xab at sector 8; read it back; flush; get-id.
+        header(&m, 0x10_0000, VIRTIO_BLK_T_OUT, 8);
+        m.write_slice(&[0xab; 4096], GuestAddress(0x11_0000)).unwrap();
+        header(&m, 0x12_0000, VIRTIO_BLK_T_IN, 8);
+        header(&m, 0x14_0000, VIRTIO_BLK_T_FLUSH, 0);
+        header(&m, 0x15_0000, VIRTIO_BLK_T_GET_ID, 0);
+        let descs = [
+            raw(0x10_0000, 16, n, 1),
+            raw(0x11_0000, 4096, n, 2),
+            raw(0x11_8000, 1, w, 0),
+            raw(0x12_0000, 16, n, 4),
+            raw(0x13_0000, 4096, n | w, 5),
+            raw(0x13_8000, 1, w, 0),
+            raw(0x14_0000, 16, n, 7),
+            raw(0x14_8000, 1, w, 0),
+            raw(0x15_0000, 16, n, 9),
+            raw(0x15_4000, 20, n | w, 10),
+            raw(0x15_8000, 1, w, 0),
+        ];
+        q.add_desc_chains(&descs, 0).unwrap();
+        let atomic = GuestMemoryAtomic::new(m.clone());
+        let vring = VringRwLock::new(atomic.clone(), 16).unwrap();
+        vring
+            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
+            .unwrap();
+        vring.set_queue_size(16);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        let mut worker = Worker::new();
+        process_vring(&mut worker, &shared, &atomic, &vring);
+
+        let used_idx: u16 = m.read_obj(GuestAddress(q.used_addr().0 + 2)).unwrap();
+        assert_eq!(used_idx, 4, "every request completed");
+        for st in [0x11_8000u64, 0x13_8000, 0x14_8000, 0x15_8000] {
+            let s: u8 = m.read_obj(GuestAddress(st)).unwrap();
+            assert_eq!(u32::from(s), VIRTIO_BLK_S_OK, "status at {st:#x}");
+        }
+        let mut back = [0u8; 4096];
+        m.read_slice(&mut back, GuestAddress(0x13_0000)).unwrap();
+        assert!(back.iter().all(|&b| b == 0xab), "the read saw the write");
+        let on_disk = std::fs::read(&path).unwrap();
+        assert!(on_disk[4096..8192].iter().all(|&b| b == 0xab));
+        let mut id = [0u8; 20];
+        m.read_slice(&mut id, GuestAddress(0x15_4000)).unwrap();
+        assert_eq!(&id, b"0123456789abcdef0123");
+    }
+
+    #[test]
+    fn out_of_range_and_read_only_writes_fail_with_ioerr() {
+        use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.img");
+        std::fs::write(&path, vec![0u8; 1 << 16]).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let shared = Shared::new(f, &path, false, true);
+        shared.capacity.store(1 << 16, Ordering::Release);
+        let m = mem();
+        let q = MockSplitQueue::new(&m, 16);
+        let n = VRING_DESC_F_NEXT as u16;
+        let w = VRING_DESC_F_WRITE as u16;
+        header(&m, 0x10_0000, VIRTIO_BLK_T_OUT, 0);
+        header(&m, 0x12_0000, VIRTIO_BLK_T_IN, 1 << 20);
+        let descs = [
+            raw(0x10_0000, 16, n, 1),
+            raw(0x11_0000, 512, n, 2),
+            raw(0x11_8000, 1, w, 0),
+            raw(0x12_0000, 16, n, 4),
+            raw(0x13_0000, 512, n | w, 5),
+            raw(0x13_8000, 1, w, 0),
+        ];
+        q.add_desc_chains(&descs, 0).unwrap();
+        let atomic = GuestMemoryAtomic::new(m.clone());
+        let vring = VringRwLock::new(atomic.clone(), 16).unwrap();
+        vring
+            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
+            .unwrap();
+        vring.set_queue_size(16);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        process_vring(&mut Worker::new(), &shared, &atomic, &vring);
+        for st in [0x11_8000u64, 0x13_8000] {
+            let s: u8 = m.read_obj(GuestAddress(st)).unwrap();
+            assert_eq!(u32::from(s), VIRTIO_BLK_S_IOERR, "status at {st:#x}");
+        }
     }
 }
