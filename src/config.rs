@@ -372,12 +372,14 @@ impl Config {
             .parse::<SocketAddr>()
             .map_err(|e| bad("scp.listen".into(), format!("not an address:port ({e})")))?;
         crate::ops::validate(&self.daemon, &self.metrics).map_err(|(k, p)| bad(k, p))?;
-        for (key, kind) in std::iter::once(("export.default_kind".to_string(), &self.export.default_kind))
-            .chain(self.volume_types.iter().filter_map(|t| {
-                t.export
-                    .as_ref()
-                    .map(|k| (format!("volume_types.{}.export", t.name), k))
-            }))
+        for (key, kind) in
+            std::iter::once(("export.default_kind".to_string(), &self.export.default_kind)).chain(
+                self.volume_types.iter().filter_map(|t| {
+                    t.export
+                        .as_ref()
+                        .map(|k| (format!("volume_types.{}.export", t.name), k))
+                }),
+            )
         {
             if !EXPORT_KINDS.contains(&kind.as_str()) {
                 return Err(bad(key, format!("{kind:?} is not one of {EXPORT_KINDS:?}")));

@@ -67,8 +67,20 @@ impl Guest {
         let mut child = Command::new("timeout")
             .arg(secs.to_string())
             .arg(format!("{c}/root/usr/bin/qemu-system-x86_64"))
-            .args(["-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio"])
-            .args(["-machine", "q35,accel=tcg,memory-backend=mem", "-cpu", "qemu64"])
+            .args([
+                "-nodefaults",
+                "-no-reboot",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+            ])
+            .args([
+                "-machine",
+                "q35,accel=tcg,memory-backend=mem",
+                "-cpu",
+                "qemu64",
+            ])
             .args(["-m", "256M", "-smp", "2"])
             .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
             .arg("-L")
@@ -82,7 +94,10 @@ impl Guest {
             .arg("-append")
             .arg(format!("console=ttyS0 quiet blockd.t={scenario}"))
             .arg("-chardev")
-            .arg(format!("socket,id=c0,path={},reconnect=1", socket.display()))
+            .arg(format!(
+                "socket,id=c0,path={},reconnect=1",
+                socket.display()
+            ))
             .args(["-device", "vhost-user-blk-pci,chardev=c0,num-queues=2"])
             .env("LD_LIBRARY_PATH", lib_path(cache))
             .stdin(Stdio::null())
@@ -217,8 +232,8 @@ pub fn setup() -> Setup {
     let cfg = dir.path().join("blockd.toml");
     std::fs::write(&cfg, text).unwrap();
     let clock = Arc::new(OffsetClock(chrono::Duration::zero()));
-    let client = Client::new(&format!("http://127.0.0.1:{port}"), cred("a"), clock)
-        .version(Some("1.3"));
+    let client =
+        Client::new(&format!("http://127.0.0.1:{port}"), cred("a"), clock).version(Some("1.3"));
     Setup {
         dir,
         cfg,
@@ -243,14 +258,20 @@ impl Setup {
             )
             .await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
-        let v = self.client.wait(id, &["in-use", "available", "error"]).await;
+        let v = self
+            .client
+            .wait(id, &["in-use", "available", "error"])
+            .await;
         assert_eq!(v["state"], "in-use", "{v}");
         let b = self.client.get(&format!("/blockd/v1/volumes/{id}")).await;
         assert_eq!(b.body["export"]["kind"], "vhost-user-blk", "{}", b.text);
         assert_eq!(b.body["export"]["read_only"], read_only);
         let sock = PathBuf::from(b.body["export"]["host_path"].as_str().unwrap());
         assert_eq!(sock, self.dir.path().join(format!("run/vhost/{id}.sock")));
-        assert!(sock.exists(), "the socket listens once the volume is in-use");
+        assert!(
+            sock.exists(),
+            "the socket listens once the volume is in-use"
+        );
         sock
     }
 }
@@ -321,7 +342,11 @@ async fn guest_reads_writes_flushes_discards_resizes_is_throttled_and_survives_r
     let mut g = Guest::boot(&cache, &sock, "main", 240);
     assert_eq!(g.expect("SIZE", 120), (8 * GIB).to_string());
     assert_eq!(g.expect("RO", 10), "0");
-    assert_eq!(g.expect("HASH0", 30), sha256_hex(&head), "guest reads blockd's bytes");
+    assert_eq!(
+        g.expect("HASH0", 30),
+        sha256_hex(&head),
+        "guest reads blockd's bytes"
+    );
     let whash = g.expect("WHASH", 60);
     assert_eq!(
         sha256_hex(&read_at(&file, 8 * MIB, 4 * MIB)),
@@ -340,7 +365,11 @@ async fn guest_reads_writes_flushes_discards_resizes_is_throttled_and_survives_r
     // Live resize while the guest runs.
     g.expect("WAIT-RESIZE", 30);
     let r = c
-        .call(Method::PUT, &format!("/v1/volumes/{id}/size"), Some(json!({"size": 16})))
+        .call(
+            Method::PUT,
+            &format!("/v1/volumes/{id}/size"),
+            Some(json!({"size": 16})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     assert_eq!(
@@ -391,7 +420,10 @@ async fn guest_reads_writes_flushes_discards_resizes_is_throttled_and_survives_r
     let r = g.expect("RHASH", 120);
     let parts: Vec<&str> = r.split_whitespace().collect();
     assert_eq!(parts.len(), 3, "{r}");
-    assert_eq!(parts[0], parts[1], "the guest reads back its write after the restart");
+    assert_eq!(
+        parts[0], parts[1],
+        "the guest reads back its write after the restart"
+    );
     assert_eq!(sha256_hex(&read_at(&file, 32 * MIB, 2 * MIB)), parts[0]);
     assert_eq!(parts[2], whash, "earlier writes are intact");
     assert_eq!(g.expect("GUEST-EXIT", 30), "0");
@@ -399,7 +431,11 @@ async fn guest_reads_writes_flushes_discards_resizes_is_throttled_and_survives_r
 
     // With the guest gone, detach removes the socket.
     let r = c
-        .call(Method::DELETE, &format!("/v1/volumes/{id}/servers/vm-1"), None)
+        .call(
+            Method::DELETE,
+            &format!("/v1/volumes/{id}/servers/vm-1"),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     let v = c.wait(&id, &["available", "in-use"]).await;
@@ -436,7 +472,10 @@ async fn read_only_attach_refuses_guest_writes_and_a_corrupted_byte_is_caught() 
     let mut g = Guest::boot(&cache, &sock, "readonly", 180);
     assert_eq!(g.expect("RO", 120), "1", "the guest sees a read-only disk");
     let seen = g.expect("HASH0", 30);
-    assert_ne!(seen, original, "negative control: the corrupted byte must be seen");
+    assert_ne!(
+        seen, original,
+        "negative control: the corrupted byte must be seen"
+    );
     assert_eq!(seen, sha256_hex(&bad));
     let rc = g.expect("WRITE-RC", 30);
     assert_ne!(rc, "0", "a write to a read-only attach must fail");

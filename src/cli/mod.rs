@@ -482,7 +482,11 @@ async fn run_remote(cmd: Command) -> Result<ExitCode, Failure> {
             out.attachment(&a);
             if wait {
                 let (_, v) = c
-                    .call(Method::GET, &format!("/blockd/v1/volumes/{volume_id}"), None)
+                    .call(
+                        Method::GET,
+                        &format!("/blockd/v1/volumes/{volume_id}"),
+                        None,
+                    )
                     .await?;
                 if let Some(x) = v.get("export").filter(|x| !x.is_null()) {
                     let s = |k: &str| x[k].as_str().unwrap_or("").to_string();

@@ -31,7 +31,12 @@ pub trait Exporter: Send + Sync {
         true
     }
     /// Exposes `loc` as an export of the named kind.
-    fn export_as(&self, kind: &str, loc: &Location, read_only: bool) -> Result<String, ExportError> {
+    fn export_as(
+        &self,
+        kind: &str,
+        loc: &Location,
+        read_only: bool,
+    ) -> Result<String, ExportError> {
         if kind == self.kind() {
             self.export(loc, read_only)
         } else {
@@ -80,7 +85,12 @@ impl Exporter for Exporters {
     fn export(&self, loc: &Location, read_only: bool) -> Result<String, ExportError> {
         self.first()?.export(loc, read_only)
     }
-    fn export_as(&self, kind: &str, loc: &Location, read_only: bool) -> Result<String, ExportError> {
+    fn export_as(
+        &self,
+        kind: &str,
+        loc: &Location,
+        read_only: bool,
+    ) -> Result<String, ExportError> {
         match self.kinds.iter().find(|k| k.kind() == kind) {
             Some(k) => k.export(loc, read_only),
             None => Err(ExportError::Unsupported(format!("export kind {kind:?}"))),
@@ -99,7 +109,10 @@ impl Exporter for Exporters {
         self.by_path(host_path)?.set_qos(host_path, limits)
     }
     fn exposed_under(&self, dir: &Path) -> Vec<Exposed> {
-        self.kinds.iter().flat_map(|k| k.exposed_under(dir)).collect()
+        self.kinds
+            .iter()
+            .flat_map(|k| k.exposed_under(dir))
+            .collect()
     }
     fn handles(&self, host_path: &str) -> bool {
         self.kinds.iter().any(|k| k.handles(host_path))

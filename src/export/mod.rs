@@ -19,12 +19,12 @@ pub mod vhost_blk;
 mod tests;
 
 pub use exporter::{Exporter, Exporters, Exposed, LoopExporter};
-pub use vhost_blk::VhostExporter;
 pub use loopdev::{
     DetachOutcome, LoopDevice, LoopGuard, LoopInfo, LoopOptions, attach, detach, device_size,
     find_by_backing, list, list_under, remove_device, set_capacity,
 };
 pub use qos::{QosLimits, ThrottleBackend, ThrottleState, Throttler};
+pub use vhost_blk::VhostExporter;
 
 /// Stable classes of export failure, for callers that map errors to API
 /// responses or retry decisions.

@@ -15,7 +15,7 @@ use crate::backend::{Change, Location};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,7 +36,9 @@ use vm_memory::{
     GuestMemoryMmap,
 };
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
 
 type Mem = GuestMemoryMmap<()>;
 type AtomicMem = GuestMemoryAtomic<Mem>;
@@ -527,7 +529,11 @@ impl VhostUserBackend for BlkBackend {
     fn set_backend_req_fd(&self, backend: Backend) {
         match find_backend_channel() {
             Some((fd, inode)) => {
-                *self.shared.channel.lock().unwrap_or_else(|p| p.into_inner()) = Some(Channel {
+                *self
+                    .shared
+                    .channel
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Channel {
                     _backend: backend,
                     fd,
                     inode,
@@ -625,12 +631,20 @@ fn iovecs(mem: &Mem, data: &[Desc]) -> Option<Vec<libc::iovec>> {
         .collect()
 }
 
-fn process_vring(w: &mut Worker, shared: &Shared, atomic: &AtomicMem, vring: &VringRwLock<AtomicMem>) {
+fn process_vring(
+    w: &mut Worker,
+    shared: &Shared,
+    atomic: &AtomicMem,
+    vring: &VringRwLock<AtomicMem>,
+) {
     let mem = atomic.memory();
     let mut done: Vec<(u16, u32)> = Vec::new();
     let mut batch: Vec<Pending> = Vec::new();
     loop {
-        let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem.clone());
+        let chain = vring
+            .get_mut()
+            .get_queue_mut()
+            .pop_descriptor_chain(mem.clone());
         let Some(chain) = chain else { break };
         let head = chain.head_index();
         let descs: Vec<Desc> = chain
@@ -777,7 +791,8 @@ fn handle(
             PENDING_DONE.with(|p| p.borrow_mut().extend(done));
             let mut r = Ok(());
             for (sector, n, unmap) in segs {
-                let (Some(off), Some(l)) = (sector.checked_mul(SECTOR), u64::from(n).checked_mul(SECTOR))
+                let (Some(off), Some(l)) =
+                    (sector.checked_mul(SECTOR), u64::from(n).checked_mul(SECTOR))
                 else {
                     return finish(VIRTIO_BLK_S_IOERR, 0);
                 };
@@ -846,7 +861,13 @@ fn punch(shared: &Shared, off: u64, len: u64, zero_only: bool) -> io::Result<()>
 
 /// Submits the batch and waits for all of it; each entry's status byte is
 /// set and its used entry appended to `done`.
-fn submit(w: &mut Worker, shared: &Shared, mem: &Mem, batch: &mut Vec<Pending>, done: &mut Vec<(u16, u32)>) {
+fn submit(
+    w: &mut Worker,
+    shared: &Shared,
+    mem: &Mem,
+    batch: &mut Vec<Pending>,
+    done: &mut Vec<(u16, u32)>,
+) {
     PENDING_DONE.with(|p| done.append(&mut p.borrow_mut()));
     if batch.is_empty() {
         return;
@@ -921,7 +942,9 @@ fn submit(w: &mut Worker, shared: &Shared, mem: &Mem, batch: &mut Vec<Pending>, 
                 Ok(n) if *n == p.len => Ok(()),
                 // A short transfer: finish the rest with plain calls.
                 Ok(n) => rw_all(fd, p.write, &p.iovs, p.offset, *n),
-                Err(e) => Err(io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))),
+                Err(e) => Err(io::Error::from_raw_os_error(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                )),
             }
         } else {
             rw_all(fd, p.write, &p.iovs, p.offset, 0)
@@ -936,7 +959,13 @@ fn submit(w: &mut Worker, shared: &Shared, mem: &Mem, batch: &mut Vec<Pending>, 
 }
 
 /// preadv/pwritev until all of `iovs` past `skip` bytes is transferred.
-fn rw_all(fd: RawFd, write: bool, iovs: &[libc::iovec], offset: u64, mut skip: u64) -> io::Result<()> {
+fn rw_all(
+    fd: RawFd,
+    write: bool,
+    iovs: &[libc::iovec],
+    offset: u64,
+    mut skip: u64,
+) -> io::Result<()> {
     let total: u64 = iovs.iter().map(|v| v.iov_len as u64).sum();
     while skip < total {
         // Build the remaining iovec list.
@@ -987,6 +1016,10 @@ fn rw_all(fd: RawFd, write: bool, iovs: &[libc::iovec], offset: u64, mut skip: u
 struct Served {
     shared: Arc<Shared>,
     socket: PathBuf,
+    /// The socket file's inode: a later daemon may have bound the path anew.
+    inode: u64,
+    /// A second handle on the listening socket, to wake its accept.
+    wake: OwnedFd,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -1022,7 +1055,12 @@ impl VhostExporter {
             .is_some_and(|s| s.shared.connected.load(Ordering::Acquire))
     }
 
-    fn start(&self, path: &Path, block_device: bool, read_only: bool) -> Result<Served, ExportError> {
+    fn start(
+        &self,
+        path: &Path,
+        block_device: bool,
+        read_only: bool,
+    ) -> Result<Served, ExportError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(!read_only)
@@ -1038,8 +1076,18 @@ impl VhostExporter {
             .map_err(|e| ExportError::from_io("size", path, e))?;
         shared.capacity.store(size, Ordering::Release);
         // Bound before export returns: QEMU reads the capacity at start.
-        let listener = Listener::new(&socket, true)
-            .map_err(|e| ExportError::from_io("listen", &socket, io::Error::other(e.to_string())))?;
+        // A stale socket of a previous run is replaced.
+        let _ = std::fs::remove_file(&socket);
+        let ul = std::os::unix::net::UnixListener::bind(&socket)
+            .map_err(|e| ExportError::from_io("listen", &socket, e))?;
+        let inode = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(&socket).map_err(|e| ExportError::from_io("stat", &socket, e))?,
+        );
+        let wake = ul
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| ExportError::from_io("dup", &socket, e))?;
+        let listener = Listener::from(ul);
         let s2 = Arc::clone(&shared);
         let name = format!("vhost-{}", &stem[..stem.len().min(8)]);
         let thread = std::thread::Builder::new()
@@ -1050,6 +1098,8 @@ impl VhostExporter {
         Ok(Served {
             shared,
             socket,
+            inode,
+            wake,
             thread: Some(thread),
         })
     }
@@ -1065,12 +1115,35 @@ impl VhostExporter {
         {
             h.shutdown();
         }
-        // Wakes a listener blocked in accept.
-        let _ = std::os::unix::net::UnixStream::connect(&s.socket);
+        // Shutting the listening socket down wakes its accept.
+        // SAFETY: shutdown on a descriptor we own.
+        unsafe { libc::shutdown(s.wake.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(t) = s.thread.take() {
-            let _ = t.join();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !t.is_finished() && Instant::now() < deadline {
+                if let Some(h) = s
+                    .shared
+                    .shutdown
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                {
+                    h.shutdown();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!(socket = %s.socket.display(), "vhost-user-blk: listener did not stop in time");
+            }
         }
-        let _ = std::fs::remove_file(&s.socket);
+        let ours = std::fs::metadata(&s.socket)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m) == s.inode)
+            .unwrap_or(false);
+        if ours {
+            let _ = std::fs::remove_file(&s.socket);
+        }
     }
 }
 
@@ -1202,9 +1275,13 @@ impl super::Exporter for VhostExporter {
         let old = s.shared.capacity.swap(size, Ordering::AcqRel);
         if old != size {
             match s.shared.notify_config_change() {
-                Ok(true) => tracing::info!(socket = %host_path, size, "vhost-user-blk: capacity change sent"),
+                Ok(true) => {
+                    tracing::info!(socket = %host_path, size, "vhost-user-blk: capacity change sent")
+                }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(socket = %host_path, error = %e, "vhost-user-blk: cannot send the capacity change; the guest sees it after a reconnect"),
+                Err(e) => {
+                    tracing::warn!(socket = %host_path, error = %e, "vhost-user-blk: cannot send the capacity change; the guest sees it after a reconnect")
+                }
             }
         }
         Ok(size)
@@ -1265,8 +1342,15 @@ mod unit {
     fn parses_reads_writes_and_status_placement() {
         let m = mem();
         header(&m, 0x1000, VIRTIO_BLK_T_IN, 8);
-        let r = parse_request(&m, &[d(0x1000, 16, false), d(0x2000, 4096, true), d(0x3000, 1, true)])
-            .unwrap();
+        let r = parse_request(
+            &m,
+            &[
+                d(0x1000, 16, false),
+                d(0x2000, 4096, true),
+                d(0x3000, 1, true),
+            ],
+        )
+        .unwrap();
         assert_eq!(r.op, Op::Read);
         assert_eq!(r.sector, 8);
         assert_eq!(r.data_len(), 4096);
@@ -1276,8 +1360,15 @@ mod unit {
         assert_eq!(r.data, vec![d(0x2000, 512, true)]);
         assert_eq!(r.status, 0x2000 + 512);
         header(&m, 0x1000, VIRTIO_BLK_T_OUT, 0);
-        let r = parse_request(&m, &[d(0x1000, 16, false), d(0x2000, 512, false), d(0x3000, 1, true)])
-            .unwrap();
+        let r = parse_request(
+            &m,
+            &[
+                d(0x1000, 16, false),
+                d(0x2000, 512, false),
+                d(0x3000, 1, true),
+            ],
+        )
+        .unwrap();
         assert_eq!(r.op, Op::Write);
         header(&m, 0x1000, 99, 0);
         let r = parse_request(&m, &[d(0x1000, 16, false), d(0x3000, 1, true)]).unwrap();
@@ -1288,7 +1379,10 @@ mod unit {
     fn refuses_malformed_chains() {
         let m = mem();
         header(&m, 0x1000, VIRTIO_BLK_T_IN, 0);
-        assert_eq!(parse_request(&m, &[d(0x1000, 16, false)]), Err(ParseError::TooShort));
+        assert_eq!(
+            parse_request(&m, &[d(0x1000, 16, false)]),
+            Err(ParseError::TooShort)
+        );
         assert_eq!(
             parse_request(&m, &[d(0x1000, 8, false), d(0x3000, 1, true)]),
             Err(ParseError::BadHeader)
@@ -1299,7 +1393,14 @@ mod unit {
         );
         // A read whose data buffer the device may not write.
         assert_eq!(
-            parse_request(&m, &[d(0x1000, 16, false), d(0x2000, 512, false), d(0x3000, 1, true)]),
+            parse_request(
+                &m,
+                &[
+                    d(0x1000, 16, false),
+                    d(0x2000, 512, false),
+                    d(0x3000, 1, true)
+                ]
+            ),
             Err(ParseError::Direction)
         );
         assert_eq!(
@@ -1316,10 +1417,16 @@ mod unit {
         seg[8..12].copy_from_slice(&16u32.to_le_bytes());
         seg[12..16].copy_from_slice(&VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP.to_le_bytes());
         m.write_slice(&seg, GuestAddress(0x2000)).unwrap();
-        assert_eq!(parse_segments(&m, &[d(0x2000, 16, false)]).unwrap(), vec![(64, 16, true)]);
+        assert_eq!(
+            parse_segments(&m, &[d(0x2000, 16, false)]).unwrap(),
+            vec![(64, 16, true)]
+        );
         assert!(parse_segments(&m, &[d(0x2000, 15, false)]).is_err());
         let c = config_space(1 << 30, 2);
-        assert_eq!(u64::from_le_bytes(c[0..8].try_into().unwrap()), (1 << 30) / 512);
+        assert_eq!(
+            u64::from_le_bytes(c[0..8].try_into().unwrap()),
+            (1 << 30) / 512
+        );
         assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 4096);
         assert_eq!(u16::from_le_bytes(c[34..36].try_into().unwrap()), 2);
     }
@@ -1368,7 +1475,8 @@ mod unit {
         let w = VRING_DESC_F_WRITE as u16;
         // write 4 KiB of 0xab at sector 8; read it back; flush; get-id.
         header(&m, 0x10_0000, VIRTIO_BLK_T_OUT, 8);
-        m.write_slice(&[0xab; 4096], GuestAddress(0x11_0000)).unwrap();
+        m.write_slice(&[0xab; 4096], GuestAddress(0x11_0000))
+            .unwrap();
         header(&m, 0x12_0000, VIRTIO_BLK_T_IN, 8);
         header(&m, 0x14_0000, VIRTIO_BLK_T_FLUSH, 0);
         header(&m, 0x15_0000, VIRTIO_BLK_T_GET_ID, 0);

@@ -1144,7 +1144,8 @@ impl Store {
 
     pub fn all_exports(&self) -> Result<Vec<Export>> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT volume_id, kind, host_path, created_at, read_only FROM exports")?;
+            let mut st =
+                c.prepare("SELECT volume_id, kind, host_path, created_at, read_only FROM exports")?;
             let rows = st.query_map([], |r| {
                 Ok(Export {
                     volume_id: r.get(0)?,
