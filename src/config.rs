@@ -58,6 +58,39 @@ pub struct Config {
     /// Extra backends beside the built-in `file` one, named by volume types.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    #[serde(default)]
+    pub export: ExportConfig,
+}
+
+/// Export kinds blockd can serve.
+pub const EXPORT_KINDS: &[&str] = &["loop", "vhost-user-blk"];
+
+/// Where and how volumes are exported.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Run-time dir; vhost-user-blk sockets go in `<run_dir>/vhost/`.
+    #[serde(default = "default_run_dir")]
+    pub run_dir: PathBuf,
+    /// Kind used when neither the attach nor the volume type names one.
+    #[serde(default = "default_export_kind")]
+    pub default_kind: String,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            run_dir: default_run_dir(),
+            default_kind: default_export_kind(),
+        }
+    }
+}
+
+fn default_run_dir() -> PathBuf {
+    PathBuf::from("/run/blockd")
+}
+fn default_export_kind() -> String {
+    "loop".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -159,6 +192,10 @@ pub struct VolumeTypeConfig {
     /// Snapshot copies share extents (FICLONE) where the filesystem can.
     #[serde(default = "yes")]
     pub reflink: bool,
+    /// Export kind for attaches that name none (`loop`, `vhost-user-blk`);
+    /// `export.default_kind` when absent.
+    #[serde(default)]
+    pub export: Option<String>,
     /// Name of the backend holding this type's volumes.
     #[serde(default = "default_backend_name")]
     pub backend: String,
@@ -332,6 +369,7 @@ fn default_volume_types() -> Vec<VolumeTypeConfig> {
         multiattach: false,
         reflink: true,
         backend: default_backend_name(),
+        export: None,
     };
     vec![
         t("SSD", "Sparse volume on fast storage", Provisioning::Sparse),
@@ -399,6 +437,19 @@ impl Config {
             .map_err(|e| bad("scp.listen".into(), format!("not an address:port ({e})")))?;
         crate::ops::validate(&self.daemon, &self.metrics).map_err(|(k, p)| bad(k, p))?;
         self.images.validate().map_err(|(k, p)| bad(k, p))?;
+        for (key, kind) in
+            std::iter::once(("export.default_kind".to_string(), &self.export.default_kind)).chain(
+                self.volume_types.iter().filter_map(|t| {
+                    t.export
+                        .as_ref()
+                        .map(|k| (format!("volume_types.{}.export", t.name), k))
+                }),
+            )
+        {
+            if !EXPORT_KINDS.contains(&kind.as_str()) {
+                return Err(bad(key, format!("{kind:?} is not one of {EXPORT_KINDS:?}")));
+            }
+        }
         if self.scp.max_body_bytes < 1024 {
             return Err(bad(
                 "scp.max_body_bytes".into(),

@@ -124,6 +124,10 @@ impl Daemon {
                 "no blkio throttle on this host: QoS limits are stored but not enforced"
             );
         }
+        let vhost = Arc::new(crate::export::VhostExporter::new(
+            &cfg.export.run_dir.join("vhost"),
+        ));
+        let exporter = Arc::new(crate::export::Exporters::new(vec![exporter, vhost]));
         let service = Arc::new(Service::new(cfg, store, backends, exporter, clock.clone()));
         let scp = Arc::new(ScpState::new(
             service.clone(),

@@ -129,9 +129,15 @@ pub enum Command {
         conn: Conn,
         volume_id: String,
         server_id: String,
-        /// Wait until the volume is in-use.
+        /// Wait until the volume is in-use (then print the export).
         #[arg(long)]
         wait: bool,
+        /// Export kind: loop or vhost-user-blk (default: the volume type's).
+        #[arg(long)]
+        export_kind: Option<String>,
+        /// The guest sees the volume read-only.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Detach a volume from a server.
     Detach {
@@ -459,19 +465,41 @@ async fn run_remote(cmd: Command) -> Result<ExitCode, Failure> {
             volume_id,
             server_id,
             wait,
+            export_kind,
+            read_only,
             ..
         } => {
+            let mut body = json!({"server_id": server_id});
+            if let Some(k) = export_kind {
+                body["export_kind"] = json!(k);
+            }
+            if read_only {
+                body["read_only"] = json!(true);
+            }
             let (_, a) = c
                 .call(
                     Method::POST,
                     &format!("/v1/volumes/{volume_id}/servers"),
-                    Some(&json!({"server_id": server_id})),
+                    Some(&body),
                 )
                 .await?;
             if wait {
                 wait::volume(&c, &volume_id, wait::Until::Settled, timeout).await?;
             }
             out.attachment(&a);
+            if wait {
+                let (_, v) = c
+                    .call(
+                        Method::GET,
+                        &format!("/blockd/v1/volumes/{volume_id}"),
+                        None,
+                    )
+                    .await?;
+                if let Some(x) = v.get("export").filter(|x| !x.is_null()) {
+                    let s = |k: &str| x[k].as_str().unwrap_or("").to_string();
+                    println!("export\t{}\t{}", s("kind"), s("host_path"));
+                }
+            }
         }
         Command::Detach {
             volume_id,

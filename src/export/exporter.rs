@@ -26,6 +26,97 @@ pub trait Exporter: Send + Sync {
     fn set_qos(&self, host_path: &str, limits: &QosLimits) -> Result<bool, ExportError>;
     /// Exports whose backing store lies under `dir`.
     fn exposed_under(&self, dir: &Path) -> Vec<Exposed>;
+    /// Whether `host_path` is an export of this kind.
+    fn handles(&self, _host_path: &str) -> bool {
+        true
+    }
+    /// Exposes `loc` as an export of the named kind.
+    fn export_as(
+        &self,
+        kind: &str,
+        loc: &Location,
+        read_only: bool,
+    ) -> Result<String, ExportError> {
+        if kind == self.kind() {
+            self.export(loc, read_only)
+        } else {
+            Err(ExportError::Unsupported(format!("export kind {kind:?}")))
+        }
+    }
+    /// Whether this exporter (or one it holds) serves the named kind.
+    fn has_kind(&self, kind: &str) -> bool {
+        kind == self.kind()
+    }
+}
+
+/// Several export kinds behind one [`Exporter`]: `export` uses the first,
+/// `export_as` picks by kind, and calls naming a host path go to the kind
+/// that handles it.
+pub struct Exporters {
+    kinds: Vec<std::sync::Arc<dyn Exporter>>,
+}
+
+impl Exporters {
+    /// `kinds` must not be empty; the first is the default.
+    pub fn new(kinds: Vec<std::sync::Arc<dyn Exporter>>) -> Exporters {
+        Exporters { kinds }
+    }
+
+    fn by_path(&self, host_path: &str) -> Result<&dyn Exporter, ExportError> {
+        self.kinds
+            .iter()
+            .find(|k| k.handles(host_path))
+            .map(|k| k.as_ref())
+            .ok_or_else(|| ExportError::Invalid(format!("no export kind handles {host_path}")))
+    }
+
+    fn first(&self) -> Result<&dyn Exporter, ExportError> {
+        self.kinds
+            .first()
+            .map(|k| k.as_ref())
+            .ok_or_else(|| ExportError::Unsupported("no export kind configured".into()))
+    }
+}
+
+impl Exporter for Exporters {
+    fn kind(&self) -> &'static str {
+        self.kinds.first().map_or("none", |k| k.kind())
+    }
+    fn export(&self, loc: &Location, read_only: bool) -> Result<String, ExportError> {
+        self.first()?.export(loc, read_only)
+    }
+    fn export_as(
+        &self,
+        kind: &str,
+        loc: &Location,
+        read_only: bool,
+    ) -> Result<String, ExportError> {
+        match self.kinds.iter().find(|k| k.kind() == kind) {
+            Some(k) => k.export(loc, read_only),
+            None => Err(ExportError::Unsupported(format!("export kind {kind:?}"))),
+        }
+    }
+    fn has_kind(&self, kind: &str) -> bool {
+        self.kinds.iter().any(|k| k.kind() == kind)
+    }
+    fn unexport(&self, host_path: &str) -> Result<Change, ExportError> {
+        self.by_path(host_path)?.unexport(host_path)
+    }
+    fn refresh_size(&self, host_path: &str) -> Result<u64, ExportError> {
+        self.by_path(host_path)?.refresh_size(host_path)
+    }
+    fn set_qos(&self, host_path: &str, limits: &QosLimits) -> Result<bool, ExportError> {
+        self.by_path(host_path)?.set_qos(host_path, limits)
+    }
+    fn exposed_under(&self, dir: &Path) -> Vec<Exposed> {
+        self.kinds
+            .iter()
+            .flat_map(|k| k.exposed_under(dir))
+            .collect()
+    }
+    fn handles(&self, host_path: &str) -> bool {
+        self.kinds.iter().any(|k| k.handles(host_path))
+    }
 }
 
 /// Loop devices over volume files: direct I/O, 4096-byte blocks where the
@@ -62,6 +153,10 @@ fn major_minor(dev: &Path) -> Result<(u32, u32), ExportError> {
 impl Exporter for LoopExporter {
     fn kind(&self) -> &'static str {
         "loop"
+    }
+
+    fn handles(&self, host_path: &str) -> bool {
+        host_path.starts_with("/dev/")
     }
 
     fn export(&self, loc: &Location, read_only: bool) -> Result<String, ExportError> {

@@ -1,9 +1,9 @@
 //! Exports: turning a volume's backing store into something a hypervisor can
-//! open, and enforcing QoS on it. Today the only export is a kernel loop
-//! device over the volume's sparse file (or over a window of a physical
-//! volume, for an LVM logical volume), throttled through the block cgroup
-//! controller. A later export kind (vhost-user-blk) will implement the same
-//! [`Export`] trait. This module owns the raw loop ioctls, the sysfs scan that
+//! open, and enforcing QoS on it. Two kinds: a kernel loop device over the
+//! volume's sparse file (or over a window of a physical volume, for an LVM
+//! logical volume), throttled through the block cgroup controller; and a
+//! vhost-user-blk socket served by blockd itself ([`vhost_blk`]), throttled
+//! in its own data path. This module owns the raw loop ioctls, the sysfs scan that
 //! finds existing loop devices at start-up, and the cgroup throttle files; it
 //! owns no metadata and never decides which volume is exported where.
 
@@ -13,16 +13,18 @@ use std::path::{Path, PathBuf};
 pub mod exporter;
 pub mod loopdev;
 pub mod qos;
+pub mod vhost_blk;
 
 #[cfg(test)]
 mod tests;
 
-pub use exporter::{Exporter, Exposed, LoopExporter};
+pub use exporter::{Exporter, Exporters, Exposed, LoopExporter};
 pub use loopdev::{
     DetachOutcome, LoopDevice, LoopGuard, LoopInfo, LoopOptions, attach, detach, device_size,
     find_by_backing, list, list_under, remove_device, set_capacity, set_sizelimit,
 };
 pub use qos::{QosLimits, ThrottleBackend, ThrottleState, Throttler};
+pub use vhost_blk::VhostExporter;
 
 /// Stable classes of export failure, for callers that map errors to API
 /// responses or retry decisions.

@@ -135,7 +135,7 @@ impl Service {
                 size_gib: None,
                 error_reason: None,
             },
-            (JobParams::Attach { server_id }, Err(e)) => {
+            (JobParams::Attach { server_id, .. }, Err(e)) => {
                 self.drop_attachment(&volume_id, server_id, Some(e.clone()))
             }
             (JobParams::Detach { server_id }, Ok(())) => {
@@ -285,9 +285,14 @@ impl Service {
                 disk_format,
                 ..
             } => self.image_upload(id, image_id, disk_format, backend),
-            JobParams::Attach { .. } => {
+            JobParams::Attach {
+                export_kind,
+                read_only,
+                ..
+            } => {
                 let v = self.store.get_volume(None, id).map_err(|e| err(&e))?;
-                self.ensure_export(&v, backend)
+                let kind = self.export_kind_for(&v, export_kind.as_deref());
+                self.ensure_export(&v, backend, Some((kind, *read_only)))
             }
             JobParams::Detach { server_id } => {
                 let others = self
@@ -311,11 +316,14 @@ impl Service {
     }
 
     /// Exports a volume unless a live export of it exists, then applies
-    /// its QoS limits.
+    /// its QoS limits. An existing export keeps its kind and mode (a second
+    /// attachment shares it); otherwise `want` (kind, read-only) decides,
+    /// else the volume type's kind, read-write.
     pub(super) fn ensure_export(
         &self,
         v: &Volume,
         backend: &dyn VolumeBackend,
+        want: Option<(String, bool)>,
     ) -> Result<(), String> {
         let err = |e: &dyn std::error::Error| reason(e);
         let loc = backend.location(&v.id).ok_or_else(|| {
@@ -324,18 +332,27 @@ impl Service {
                 backend.name()
             )
         })?;
-        let host_path = self.exporter.export(&loc, false).map_err(|e| err(&e))?;
         let known = self.store.export(&v.id).map_err(|e| err(&e))?;
+        let (kind, read_only) = match (&known, want) {
+            (Some(k), _) => (k.kind.clone(), k.read_only),
+            (None, Some(w)) => w,
+            (None, None) => (self.export_kind_for(v, None), false),
+        };
+        let host_path = self
+            .exporter
+            .export_as(&kind, &loc, read_only)
+            .map_err(|e| err(&e))?;
         if known.as_ref().map(|k| k.host_path.as_str()) != Some(host_path.as_str()) {
             self.store
                 .set_export(&crate::store::Export {
                     volume_id: v.id.clone(),
-                    kind: self.exporter.kind().to_string(),
+                    kind: kind.clone(),
                     host_path: host_path.clone(),
                     created_at: self.now(),
+                    read_only,
                 })
                 .map_err(|e| err(&e))?;
-            tracing::info!(volume = %v.id, device = %host_path, "exported");
+            tracing::info!(volume = %v.id, device = %host_path, kind = %kind, read_only, "exported");
         }
         self.apply_qos(v, &host_path);
         Ok(())
@@ -452,7 +469,7 @@ impl Service {
             let result = self
                 .backend(&v.backend)
                 .map_err(|e| e.to_string())
-                .and_then(|b| self.ensure_export(v, b.as_ref()));
+                .and_then(|b| self.ensure_export(v, b.as_ref(), None));
             match result {
                 Ok(()) => {
                     let after = self.store.export(&v.id).ok().flatten();

@@ -177,6 +177,8 @@ pub struct VolumeType {
     pub multiattach: bool,
     pub reflink: bool,
     pub backend: String,
+    /// Export kind for attaches that name none.
+    pub export: Option<String>,
 }
 
 /// A volume with what its views show beside it.
@@ -250,6 +252,11 @@ pub(crate) enum JobParams {
     },
     Attach {
         server_id: String,
+        /// Export kind asked for; None: the volume type's, else the default.
+        #[serde(default)]
+        export_kind: Option<String>,
+        #[serde(default)]
+        read_only: bool,
     },
     Detach {
         server_id: String,
@@ -286,6 +293,17 @@ pub struct Service {
     stopping: std::sync::atomic::AtomicBool,
     /// Glance, the image cache and qemu-img.
     images: images::Images,
+    /// Export kind when neither the attach nor the volume type names one.
+    default_export_kind: String,
+}
+
+/// How an attach exports the volume (a blockd extension of both dialects).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttachOptions {
+    /// `loop` or `vhost-user-blk`; None: the volume type's, else the default.
+    pub export_kind: Option<String>,
+    /// The guest sees the volume read-only.
+    pub read_only: bool,
 }
 
 /// Volume type ids derived from names stay the same across restarts.
@@ -341,6 +359,7 @@ impl Service {
                 multiattach: t.multiattach,
                 reflink: t.reflink,
                 backend: t.backend.clone(),
+                export: t.export.clone(),
             })
             .collect();
         Service {
@@ -358,6 +377,7 @@ impl Service {
             copy_options: crate::copy::CopyOptions::default(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             images: images::Images::new(cfg),
+            default_export_kind: cfg.export.default_kind.clone(),
         }
         .with_stored_quota_limits()
     }
@@ -891,9 +911,48 @@ impl Service {
         server_id: &str,
         delete_on_termination: bool,
     ) -> Result<Attachment> {
+        self.attach_volume_with(
+            caller,
+            id,
+            server_id,
+            delete_on_termination,
+            &AttachOptions::default(),
+        )
+    }
+
+    /// The export kind an attach of this volume would use.
+    pub fn export_kind_for(&self, v: &Volume, asked: Option<&str>) -> String {
+        asked
+            .map(String::from)
+            .or_else(|| {
+                self.volume_type(&v.volume_type_id)
+                    .and_then(|t| t.export.clone())
+            })
+            .unwrap_or_else(|| self.default_export_kind.clone())
+    }
+
+    /// Attaches with a chosen export kind and read-only mode.
+    pub fn attach_volume_with(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        server_id: &str,
+        delete_on_termination: bool,
+        opts: &AttachOptions,
+    ) -> Result<Attachment> {
         self.accepting()?;
+        if let Some(k) = &opts.export_kind
+            && !self.exporter.has_kind(k)
+        {
+            return Err(ServiceError::invalid(
+                "export_kind",
+                format!("{k:?} is not an export kind of this node (loop, vhost-user-blk)"),
+            ));
+        }
         let params = JobParams::Attach {
             server_id: server_id.to_string(),
+            export_kind: opts.export_kind.clone(),
+            read_only: opts.read_only,
         };
         let job = self.new_job(
             JobKind::AttachVolume,

@@ -128,6 +128,8 @@ pub struct Export {
     pub kind: String,
     pub host_path: String,
     pub created_at: String,
+    /// The guest sees the volume read-only.
+    pub read_only: bool,
 }
 
 /// Guest device names handed out per server, in order.
@@ -306,6 +308,11 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL,
         PRIMARY KEY (volume_id, key)
     );
+    "#,
+    // 6: exports remember whether the guest sees them read-only (the kind
+    // column says loop or vhost-user-blk).
+    r#"
+    ALTER TABLE exports ADD COLUMN read_only INTEGER NOT NULL DEFAULT 0;
     "#,
 ];
 
@@ -1113,8 +1120,8 @@ impl Store {
     pub fn set_export(&self, e: &Export) -> Result<()> {
         self.write(|tx| {
             tx.execute(
-                "INSERT OR REPLACE INTO exports (volume_id, kind, host_path, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![e.volume_id, e.kind, e.host_path, e.created_at],
+                "INSERT OR REPLACE INTO exports (volume_id, kind, host_path, created_at, read_only) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![e.volume_id, e.kind, e.host_path, e.created_at, e.read_only],
             )?;
             Ok(())
         })
@@ -1130,7 +1137,7 @@ impl Store {
     pub fn export(&self, volume_id: &str) -> Result<Option<Export>> {
         self.read(|c| {
             Ok(c.query_row(
-                "SELECT volume_id, kind, host_path, created_at FROM exports WHERE volume_id = ?1",
+                "SELECT volume_id, kind, host_path, created_at, read_only FROM exports WHERE volume_id = ?1",
                 [volume_id],
                 |r| {
                     Ok(Export {
@@ -1138,6 +1145,7 @@ impl Store {
                         kind: r.get(1)?,
                         host_path: r.get(2)?,
                         created_at: r.get(3)?,
+                        read_only: r.get(4)?,
                     })
                 },
             )
@@ -1147,13 +1155,15 @@ impl Store {
 
     pub fn all_exports(&self) -> Result<Vec<Export>> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT volume_id, kind, host_path, created_at FROM exports")?;
+            let mut st =
+                c.prepare("SELECT volume_id, kind, host_path, created_at, read_only FROM exports")?;
             let rows = st.query_map([], |r| {
                 Ok(Export {
                     volume_id: r.get(0)?,
                     kind: r.get(1)?,
                     host_path: r.get(2)?,
                     created_at: r.get(3)?,
+                    read_only: r.get(4)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

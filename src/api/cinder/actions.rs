@@ -301,7 +301,28 @@ async fn initialize(
                 "Volume {id} status must be available, reserved or in-use to initialize a connection, but current status is: {state}"
             )));
         }
-        st.svc.attach_volume(&ctx.caller, id, &host, false)?;
+        // blockd extension: the connector may name the export kind
+        // (`"export_kind": "vhost-user-blk"`); else the volume type decides.
+        let export_kind = match args.get("connector").and_then(|c| c.get("export_kind")) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(k)) => Some(k.clone()),
+            Some(_) => {
+                return Err(CinderError::invalid_input(
+                    "connector.export_kind must be a string",
+                ));
+            }
+        };
+        let read_only = before.admin_meta.get(READONLY).map(String::as_str) == Some("True");
+        st.svc.attach_volume_with(
+            &ctx.caller,
+            id,
+            &host,
+            false,
+            &crate::service::AttachOptions {
+                export_kind,
+                read_only,
+            },
+        )?;
         if state != VolumeState::InUse {
             // Cinder shows attaching until os-attach completes the handshake.
             let _ = st.svc.set_admin_metadata(
@@ -339,6 +360,25 @@ async fn initialize(
             Value::Object(q)
         }
     };
+    if x.kind == crate::export::vhost_blk::KIND {
+        // QoS is enforced by blockd in the export itself, so none is
+        // handed to the hypervisor.
+        return Ok(Json(json!({"connection_info": {
+            "driver_volume_type": "vhost-user",
+            "data": {
+                "device_type": "vhost-user-blk",
+                "socket_path": x.host_path,
+                "vhost_user_mode": "client",
+                "volume_id": v.id,
+                "access_mode": if x.read_only { "ro" } else { "rw" },
+                "encrypted": v.encrypted,
+                "discard": true,
+                "qos_specs": Value::Null,
+                "qos_enforced_by_backend": true,
+            }
+        }}))
+        .into_response());
+    }
     Ok(Json(json!({"connection_info": {
         "driver_volume_type": "local",
         "data": {

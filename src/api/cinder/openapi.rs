@@ -350,20 +350,42 @@ fn hand_schemas(m: &mut Map<String, Value>) {
             wrap(
                 "connection_info",
                 json!({
-                    "type": "object", "required": ["driver_volume_type", "data"],
-                    "properties": {
-                        "driver_volume_type": {"const": "local"},
-                        "data": {"type": "object", "required": ["device_path", "volume_id", "access_mode"],
+                    "oneOf": [
+                        {
+                            "type": "object", "required": ["driver_volume_type", "data"],
                             "properties": {
-                                "device_path": {"type": "string"},
-                                "volume_id": {"type": "string"},
-                                "access_mode": {"enum": ["ro", "rw"]},
-                                "encrypted": {"type": "boolean"},
-                                "discard": {"type": "boolean"},
-                                "qos_specs": {"type": ["object", "null"]},
-                            }},
-                    },
-                    "description": "The answer of os-initialize_connection only.",
+                                "driver_volume_type": {"const": "local"},
+                                "data": {"type": "object", "required": ["device_path", "volume_id", "access_mode"],
+                                    "properties": {
+                                        "device_path": {"type": "string"},
+                                        "volume_id": {"type": "string"},
+                                        "access_mode": {"enum": ["ro", "rw"]},
+                                        "encrypted": {"type": "boolean"},
+                                        "discard": {"type": "boolean"},
+                                        "qos_specs": {"type": ["object", "null"]},
+                                    }},
+                            },
+                        },
+                        {
+                            "type": "object", "required": ["driver_volume_type", "data"],
+                            "properties": {
+                                "driver_volume_type": {"const": "vhost-user"},
+                                "data": {"type": "object", "required": ["device_type", "socket_path", "vhost_user_mode", "volume_id", "access_mode"],
+                                    "properties": {
+                                        "device_type": {"const": "vhost-user-blk"},
+                                        "socket_path": {"type": "string"},
+                                        "vhost_user_mode": {"const": "client"},
+                                        "volume_id": {"type": "string"},
+                                        "access_mode": {"enum": ["ro", "rw"]},
+                                        "encrypted": {"type": "boolean"},
+                                        "discard": {"type": "boolean"},
+                                        "qos_specs": {"type": "null"},
+                                        "qos_enforced_by_backend": {"type": "boolean"},
+                                    }},
+                            },
+                        },
+                    ],
+                    "description": "The answer of os-initialize_connection only: a loop device (local) or a vhost-user-blk socket the hypervisor connects to.",
                 }),
             ),
         ),

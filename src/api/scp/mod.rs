@@ -829,7 +829,7 @@ async fn native_volume(
     let export = st
         .svc
         .export_of(&ctx.caller, id)?
-        .map(|x| json!({"kind": x.kind, "host_path": x.host_path, "created_at": x.created_at}));
+        .map(|x| json!({"kind": x.kind, "host_path": x.host_path, "read_only": x.read_only, "created_at": x.created_at}));
     let v = &d.volume;
     Ok(Json(json!({
         "id": v.id,
@@ -860,6 +860,10 @@ fn check_server_id(s: &str) -> Result<(), ScpError> {
 struct AttachReq {
     server_id: Option<String>,
     delete_on_termination: Option<bool>,
+    /// blockd extension: `loop` or `vhost-user-blk`.
+    export_kind: Option<String>,
+    /// blockd extension: the guest sees the volume read-only.
+    read_only: Option<bool>,
 }
 
 async fn attach(
@@ -872,11 +876,15 @@ async fn attach(
     let r: AttachReq = body?.parse()?;
     let server = required("server_id", r.server_id)?;
     check_server_id(&server)?;
-    let a = st.svc.attach_volume(
+    let a = st.svc.attach_volume_with(
         &ctx.caller,
         id,
         &server,
         r.delete_on_termination.unwrap_or(false),
+        &crate::service::AttachOptions {
+            export_kind: r.export_kind,
+            read_only: r.read_only.unwrap_or(false),
+        },
     )?;
     Ok((StatusCode::ACCEPTED, Json(views::attach(&a))).into_response())
 }
