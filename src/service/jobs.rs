@@ -286,6 +286,7 @@ impl Service {
             )
         })?;
         let host_path = self.exporter.export(&loc, false).map_err(|e| err(&e))?;
+        crate::failpoint::crash_point("export-before-commit");
         let known = self.store.export(&v.id).map_err(|e| err(&e))?;
         if known.as_ref().map(|k| k.host_path.as_str()) != Some(host_path.as_str()) {
             self.store
@@ -321,6 +322,7 @@ impl Service {
     }
 
     fn finish(&self, job: &Job, result: Result<(), String>, effect: VolumeEffect) {
+        crate::failpoint::crash_point("job-before-commit");
         let now = self.now();
         let (state, error) = match &result {
             Ok(()) => (JobState::Succeeded, None),
