@@ -73,7 +73,9 @@ mod points {
         World {
             dir: dir.path().to_path_buf(),
             port,
-            cfg: write_config(dir.path(), port, ""),
+            // Each job waits a little before it runs, so the 202 reaches
+            // the test before the job can reach a crash point.
+            cfg: write_config(dir.path(), port, "[jobs]\ndebug_delay_ms = 200\n"),
             c: Client::new(&format!("http://127.0.0.1:{port}"), cred("a"), clock),
             db: dir.path().join("data/blockd.db"),
         }
