@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod copy;
 pub mod export;
+pub mod failpoint;
 pub mod images;
 pub mod keystone;
 pub mod ops;

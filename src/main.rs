@@ -32,6 +32,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
+    let _failpoints = blockd::failpoint::setup();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve {

@@ -475,6 +475,12 @@ fn run_uring(ctx: &Ctx) -> Result<(), CopyError> {
         for (ud, res) in cqes {
             let buf = ud as usize;
             let Some(mut op) = ops[buf] else { continue };
+            let read = matches!(op.phase, Phase::Read);
+            let res = if read && crate::failpoint::eio("copy-read-eio") {
+                -libc::EIO
+            } else {
+                res
+            };
             let finished_io = if res < 0 {
                 if eagain(res) && err.is_none() {
                     false
@@ -559,6 +565,14 @@ fn pread_full(
     b: Block,
     write: bool,
 ) -> Result<(), CopyError> {
+    let what = if write {
+        "write destination"
+    } else {
+        "read source"
+    };
+    if !write && crate::failpoint::eio("copy-read-eio") {
+        return Err(CopyError::io(what, io::Error::from_raw_os_error(libc::EIO)));
+    }
     let mut done = 0u64;
     while done < b.len {
         let (off, len) = (b.off + done, b.len - done);
@@ -571,11 +585,6 @@ fn pread_full(
             } else {
                 libc::pread(fd, p.cast(), len as usize, off as libc::off_t)
             }
-        };
-        let what = if write {
-            "write destination"
-        } else {
-            "read source"
         };
         if r < 0 {
             let e = io::Error::last_os_error();

@@ -342,6 +342,7 @@ impl Service {
             .exporter
             .export_as(&kind, &loc, read_only)
             .map_err(|e| err(&e))?;
+        crate::failpoint::crash_point("export-before-commit");
         if known.as_ref().map(|k| k.host_path.as_str()) != Some(host_path.as_str()) {
             self.store
                 .set_export(&crate::store::Export {
@@ -377,6 +378,7 @@ impl Service {
     }
 
     fn finish(&self, job: &Job, result: Result<(), String>, effect: VolumeEffect) {
+        crate::failpoint::crash_point("job-before-commit");
         let now = self.now();
         let (state, error) = match &result {
             Ok(()) => (JobState::Succeeded, None),

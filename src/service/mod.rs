@@ -82,12 +82,16 @@ pub enum ServiceError {
 pub const IMAGE_SERVICE_MESSAGE: &str = "Failed to communicate with the image service (Glance): \
      it is unreachable, misconfigured or failing. Nothing was changed; retry later.";
 
-/// A job's failure as the volume's error reason shows it.
+/// A job's failure as the volume's error reason shows it. A cause that
+/// the message already ends with (`{context}: {source}`) is not repeated.
 pub(crate) fn reason(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(x) = src {
-        s += &format!(": {x}");
+        let cause = x.to_string();
+        if !s.ends_with(&cause) {
+            s += &format!(": {cause}");
+        }
         src = x.source();
     }
     s

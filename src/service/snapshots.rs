@@ -55,6 +55,7 @@ pub(super) fn grow_and_commit(
         if f.metadata().map_err(|e| e.to_string())?.len() < size {
             f.set_len(size).map_err(|e| e.to_string())?;
         }
+        crate::failpoint::crash_point("restore-before-rename");
         copy::commit_file(tmp, dst).map_err(|e| reason(&e))
     });
     if grown.is_err() {
@@ -413,13 +414,16 @@ impl Service {
         let manifest = report
             .manifest
             .ok_or_else(|| "the copy produced no manifest".to_string())?;
-        let done = manifest.write_to(&mpath).and_then(|_| {
-            if in_place {
-                Ok(())
-            } else {
-                copy::commit_file(&tmp, &dst)
-            }
-        });
+        let done = manifest
+            .write_to(&mpath)
+            .inspect(|_| crate::failpoint::crash_point("snapshot-before-rename"))
+            .and_then(|_| {
+                if in_place {
+                    Ok(())
+                } else {
+                    copy::commit_file(&tmp, &dst)
+                }
+            });
         if let Err(e) = done {
             if !in_place {
                 let _ = std::fs::remove_file(&tmp);
@@ -569,6 +573,7 @@ impl Service {
         {
             let _ = b.delete_snapshot(&sid);
         }
+        crate::failpoint::crash_point("snapshot-before-commit");
         let r = self
             .store
             .finish_snapshot_job(&crate::store::SnapshotJobEnd {
