@@ -77,13 +77,21 @@ impl FileBackend {
                 });
             }
             // Allocating is idempotent; a half-done allocation completes.
-            nix::fcntl::fallocate(
+            if let Err(e) = nix::fcntl::fallocate(
                 f.as_fd(),
                 nix::fcntl::FallocateFlags::empty(),
                 0,
                 size as i64,
-            )
-            .map_err(|e| self.err("fallocate", path, std::io::Error::from(e)))?;
+            ) {
+                // A failed fallocate can leave part of the range allocated
+                // and the file longer (ext4 does): cut it back, so the
+                // volume keeps its old size and the space is freed.
+                let failed = self.err("fallocate", path, std::io::Error::from(e));
+                f.set_len(current)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| self.err("truncate back after a failed fallocate", path, e))?;
+                return Err(failed);
+            }
             if allocated(f) != before {
                 change = Change::Changed;
             }

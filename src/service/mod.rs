@@ -87,6 +87,8 @@ pub enum ErrorKind {
     Conflict,
     QuotaExceeded,
     Unavailable,
+    /// The host's disk is full; nothing was changed.
+    InsufficientStorage,
     Internal,
 }
 
@@ -98,6 +100,12 @@ impl ServiceError {
             ServiceError::Conflict(_) => ErrorKind::Conflict,
             ServiceError::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
             ServiceError::Unavailable => ErrorKind::Unavailable,
+            ServiceError::Store(e) if e.kind() == crate::store::StoreErrorKind::NoSpace => {
+                ErrorKind::InsufficientStorage
+            }
+            ServiceError::Backend(e) if e.kind() == crate::backend::BackendErrorKind::NoSpace => {
+                ErrorKind::InsufficientStorage
+            }
             ServiceError::Store(_) | ServiceError::Backend(_) => ErrorKind::Internal,
         }
     }

@@ -138,6 +138,13 @@ impl From<ServiceError> for CinderError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The service is shutting down; retry shortly.",
             ),
+            (_, ErrorKind::InsufficientStorage) => {
+                tracing::warn!(error = %crate::service::reason(&e), "request refused: disk full");
+                CinderError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "The host's data disk is full, so the change was not saved; nothing was changed. Retry once space is freed.",
+                )
+            }
             _ => {
                 tracing::error!(error = %crate::service::reason(&e), "request failed");
                 CinderError::internal()

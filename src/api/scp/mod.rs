@@ -147,6 +147,14 @@ impl From<ServiceError> for ScpError {
                 "ServiceUnavailable",
                 "The service is shutting down; retry shortly.",
             ),
+            ErrorKind::InsufficientStorage => {
+                tracing::warn!(error = %crate::service::reason(&e), "request refused: disk full");
+                ScpError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "InsufficientStorage",
+                    "The host's data disk is full, so the change was not saved; nothing was changed. Retry once space is freed.",
+                )
+            }
             ErrorKind::Internal => {
                 let mut chain = e.to_string();
                 let mut src = std::error::Error::source(&e);
