@@ -214,6 +214,16 @@ async fn loop_provisioned_create_and_extend_that_do_not_fit() {
     assert!(free_bytes(&data) + MIB >= 4 * GIB, "space leaked");
     assert_eq!(hash_at(&d.volume_path(&other), 3 * MIB, 8 * MIB), other_sum);
 
+    // Room for the data but not for the reserve kept for the store: the
+    // create is refused rather than fill the disk.
+    leave_free(&filler, &data, 8 * GIB + 4 * MIB);
+    let tight = id_of(&c.create("tight", 8, Some("SSD_Provisioned")).await);
+    let v = c.wait(&tight, &["error", "available"]).await;
+    assert_eq!(v["state"], "error", "{v}");
+    let why = error_reason(&c, &tight).await;
+    assert!(why.contains("kept free"), "reason names the reserve: {why}");
+    assert!(!d.volume_path(&tight).exists());
+
     // Once space is freed the same create succeeds, fully allocated; the
     // failed one can be deleted.
     leave_free(&filler, &data, 12 * GIB);
@@ -331,7 +341,9 @@ fn loop_fallocate_that_fails_part_way_leaves_the_old_size() {
             return;
         }
     };
-    let b = FileBackend::open("file", &m.point.join("volumes")).unwrap();
+    let b = FileBackend::open("file", &m.point.join("volumes"))
+        .unwrap()
+        .with_reserve(0);
     let id = uuid::Uuid::new_v4().to_string();
     b.create(&id, 256 * MIB, Provisioning::Full).unwrap();
     let path = b.path(&id);
