@@ -306,7 +306,7 @@ async fn loop_provisioned_create_and_extend_that_do_not_fit() {
 /// A mounted small ext4 for backend tests, unmounted on drop.
 fn small_fs(size: u64) -> Result<(tempfile::TempDir, MountGuard), String> {
     let dir = tempfile::Builder::new()
-        .prefix("blockd-faults")
+        .prefix("blockd-test-faults")
         .tempdir_in("/var/tmp")
         .map_err(|e| e.to_string())?;
     let img = dir.path().join("fs.img");
