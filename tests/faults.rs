@@ -108,6 +108,17 @@ fn hash_at(path: &Path, off: u64, len: u64) -> blake3::Hash {
     blake3::hash(&b)
 }
 
+/// A block device's size in bytes, from sysfs.
+fn device_size(dev: &str) -> u64 {
+    let name = dev.trim_start_matches("/dev/");
+    let sectors: u64 = std::fs::read_to_string(format!("/sys/block/{name}/size"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    sectors * 512
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -276,7 +287,37 @@ async fn loop_provisioned_create_and_extend_that_do_not_fit() {
     let q = c.get("/v1/volumes/quota-sets").await;
     assert!(q.status.is_success(), "{}", q.text);
 
-    // Once space is freed the same extend succeeds.
+    // Attached, a refused extend goes back to in-use and the device keeps
+    // its size.
+    let at = c
+        .call(
+            Method::POST,
+            &format!("/v1/volumes/{prov}/servers"),
+            Some(json!({"server_id": "server-1"})),
+        )
+        .await;
+    assert_eq!(at.status, StatusCode::ACCEPTED, "{}", at.text);
+    c.wait(&prov, &["in-use"]).await;
+    let dev = c.get(&format!("/blockd/v1/volumes/{prov}")).await.body["export"]["host_path"]
+        .as_str()
+        .expect("an export")
+        .to_string();
+    assert_eq!(device_size(&dev), 8 * GIB);
+    let a = c
+        .call(
+            Method::PUT,
+            &format!("/v1/volumes/{prov}/size"),
+            Some(json!({"size": 16})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let v = c.wait(&prov, &["in-use", "error_extending"]).await;
+    assert_eq!(v["state"], "in-use", "{v}");
+    assert_eq!(v["size"], 8, "{v}");
+    assert!(error_reason(&c, &prov).await.contains("space"));
+    assert_eq!(device_size(&dev), 8 * GIB);
+
+    // Once space is freed the same extend succeeds, live.
     std::fs::remove_file(&filler).unwrap();
     let a = c
         .call(
@@ -288,8 +329,18 @@ async fn loop_provisioned_create_and_extend_that_do_not_fit() {
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
     let job = ended_job(&c, &prov, "extend_volume").await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    let v = c.wait(&prov, &["available"]).await;
+    let v = c.wait(&prov, &["in-use"]).await;
     assert_eq!(v["size"], 16, "{v}");
+    assert_eq!(device_size(&dev), 16 * GIB);
+    let det = c
+        .call(
+            Method::DELETE,
+            &format!("/v1/volumes/{prov}/servers/server-1"),
+            None,
+        )
+        .await;
+    assert_eq!(det.status, StatusCode::ACCEPTED, "{}", det.text);
+    c.wait(&prov, &["available"]).await;
     assert_eq!(error_reason(&c, &prov).await, "");
     let m = std::fs::metadata(d.volume_path(&prov)).unwrap();
     assert_eq!(m.len(), 16 * GIB);
