@@ -1,6 +1,8 @@
 //! The file backend: one file per volume, `<dir>/<uuid>.img`, mode 0600.
 //! Sparse types grow with ftruncate; fully provisioned types are
 //! allocated with fallocate. Every change is fsynced with its directory.
+//! An allocation that would leave less than a small reserve free is
+//! refused, so the metadata store beside the volumes can still record it.
 
 use super::{BackendError, Capacity, Change, Location, VolumeBackend, check_id};
 use crate::config::Provisioning;
@@ -9,10 +11,15 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// Most space kept free when allocating (less on a small filesystem:
+/// a 64th of it), so the store can always record a job's end.
+pub const RESERVE: u64 = 16 << 20;
+
 pub struct FileBackend {
     name: String,
     dir: PathBuf,
     snapshots: PathBuf,
+    reserve: u64,
 }
 
 impl FileBackend {
@@ -35,7 +42,14 @@ impl FileBackend {
             name: name.to_string(),
             dir: dir.to_path_buf(),
             snapshots,
+            reserve: RESERVE,
         })
+    }
+
+    /// Sets the most space allocations leave free (0 lets them take all).
+    pub fn with_reserve(mut self, bytes: u64) -> FileBackend {
+        self.reserve = bytes;
+        self
     }
 
     pub fn path(&self, id: &str) -> PathBuf {
@@ -66,24 +80,33 @@ impl FileBackend {
             // Refuse up front rather than fill the filesystem and fail.
             let before = allocated(f);
             let needed = size.saturating_sub(before * 512);
-            let free = self.capacity()?.free;
-            if needed > free {
+            let cap = self.capacity()?;
+            let reserve = self.reserve.min(cap.total / 64);
+            if needed.saturating_add(reserve) > cap.free {
                 return Err(BackendError::NoSpace {
                     backend: self.name.clone(),
                     detail: format!(
-                        "{} bytes must be allocated but only {free} are free",
-                        needed
+                        "{needed} bytes must be allocated but only {} are free ({reserve} more are kept free for the metadata store)",
+                        cap.free
                     ),
                 });
             }
             // Allocating is idempotent; a half-done allocation completes.
-            nix::fcntl::fallocate(
+            if let Err(e) = nix::fcntl::fallocate(
                 f.as_fd(),
                 nix::fcntl::FallocateFlags::empty(),
                 0,
                 size as i64,
-            )
-            .map_err(|e| self.err("fallocate", path, std::io::Error::from(e)))?;
+            ) {
+                // A failed fallocate can leave part of the range allocated
+                // and the file longer (ext4 does): cut it back, so the
+                // volume keeps its old size and the space is freed.
+                let failed = self.err("fallocate", path, std::io::Error::from(e));
+                f.set_len(current)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| self.err("truncate back after a failed fallocate", path, e))?;
+                return Err(failed);
+            }
             if allocated(f) != before {
                 change = Change::Changed;
             }

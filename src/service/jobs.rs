@@ -4,10 +4,26 @@
 //! every backend step is idempotent, so a re-run converges.
 
 use super::{GIB, JobParams, Service, reason};
-use crate::backend::VolumeBackend;
-use crate::store::VolumeEffect;
+use crate::backend::{BackendErrorKind, VolumeBackend};
 use crate::store::model::*;
+use crate::store::{StoreErrorKind, VolumeEffect};
 use std::sync::Arc;
+
+/// Why a job's work failed.
+pub(super) struct JobFailure {
+    pub reason: String,
+    /// The backend refused for lack of space and changed nothing.
+    pub no_space: bool,
+}
+
+impl From<String> for JobFailure {
+    fn from(reason: String) -> Self {
+        JobFailure {
+            reason,
+            no_space: false,
+        }
+    }
+}
 
 impl Service {
     pub(super) fn spawn_job(self: &Arc<Self>, job: Job) {
@@ -22,12 +38,16 @@ impl Service {
 
     async fn run_job(self: Arc<Self>, job: Job) {
         let now = self.now();
-        if let Err(e) = self.store.mark_job_running(&job.id, &now) {
+        let marked = self
+            .record(&job.id, || self.store.mark_job_running(&job.id, &now))
+            .await;
+        if let Err(e) = marked {
             tracing::error!(job = %job.id, error = %e, "cannot mark job running; recovery will retry it");
             return;
         }
         let Some(volume_id) = job.volume_id.clone() else {
-            self.finish(&job, Err("job has no volume".into()), VolumeEffect::Nothing);
+            self.finish(&job, Err("job has no volume".into()), VolumeEffect::Nothing)
+                .await;
             return;
         };
         let params: JobParams = match serde_json::from_str(&job.params) {
@@ -38,7 +58,8 @@ impl Service {
                     size_gib: None,
                     error_reason: Some(format!("job parameters unreadable: {e}")),
                 };
-                self.finish(&job, Err(format!("job parameters unreadable: {e}")), effect);
+                self.finish(&job, Err(format!("job parameters unreadable: {e}")), effect)
+                    .await;
                 return;
             }
         };
@@ -58,7 +79,7 @@ impl Service {
                 } else {
                     Err(format!("volume row missing: {e}"))
                 };
-                self.finish(&job, outcome, VolumeEffect::Nothing);
+                self.finish(&job, outcome, VolumeEffect::Nothing).await;
                 return;
             }
         };
@@ -70,7 +91,7 @@ impl Service {
                     size_gib: None,
                     error_reason: Some(e.to_string()),
                 };
-                self.finish(&job, Err(e.to_string()), effect);
+                self.finish(&job, Err(e.to_string()), effect).await;
                 return;
             }
         };
@@ -78,10 +99,12 @@ impl Service {
         let id = volume_id.clone();
         let p = params.clone();
         let work = tokio::task::spawn_blocking(move || svc.work(&id, &p, backend.as_ref())).await;
-        let result: Result<(), String> = match work {
+        let failure: Result<(), JobFailure> = match work {
             Ok(r) => r,
-            Err(e) => Err(format!("job task failed: {e}")),
+            Err(e) => Err(format!("job task failed: {e}").into()),
         };
+        let no_space = matches!(&failure, Err(f) if f.no_space);
+        let result: Result<(), String> = failure.map_err(|f| f.reason);
         let effect = match (&params, &result) {
             (JobParams::Create { .. }, Ok(())) => VolumeEffect::SetState {
                 state: VolumeState::Available,
@@ -102,6 +125,13 @@ impl Service {
                 state: VolumeState::parse(back_to).unwrap_or(VolumeState::Available),
                 size_gib: Some(*to_gib),
                 error_reason: None,
+            },
+            // A refusal for lack of space changed nothing: the volume goes
+            // back to where it was, at its old size, with the reason.
+            (JobParams::Extend { back_to, .. }, Err(e)) if no_space => VolumeEffect::SetState {
+                state: VolumeState::parse(back_to).unwrap_or(VolumeState::Available),
+                size_gib: None,
+                error_reason: Some(e.clone()),
             },
             (JobParams::Extend { .. }, Err(e)) => VolumeEffect::SetState {
                 state: VolumeState::ErrorExtending,
@@ -157,7 +187,7 @@ impl Service {
                 error_reason: Some(e.clone()),
             },
         };
-        self.finish(&job, result, effect);
+        self.finish(&job, result, effect).await;
     }
 
     fn drop_attachment(
@@ -181,8 +211,8 @@ impl Service {
     }
 
     /// The blocking part of a job. Each step converges when run again.
-    fn work(&self, id: &str, p: &JobParams, backend: &dyn VolumeBackend) -> Result<(), String> {
-        let err = |e: &dyn std::error::Error| reason(e);
+    fn work(&self, id: &str, p: &JobParams, backend: &dyn VolumeBackend) -> Result<(), JobFailure> {
+        let err = |e: &dyn std::error::Error| JobFailure::from(reason(e));
         match p {
             JobParams::Create {
                 size_gib,
@@ -244,7 +274,7 @@ impl Service {
             }
             JobParams::Revert { snapshot_id } => {
                 let v = self.store.get_volume(None, id).map_err(|e| err(&e))?;
-                self.restore_copy(snapshot_id, id, v.size_gib * GIB, backend)
+                Ok(self.restore_copy(snapshot_id, id, v.size_gib * GIB, backend)?)
             }
             JobParams::DeleteWithSnapshots => {
                 for s in self.store.snapshots_of(id).map_err(|e| err(&e))? {
@@ -261,7 +291,10 @@ impl Service {
             } => {
                 backend
                     .extend(id, to_gib * GIB, *provisioning)
-                    .map_err(|e| err(&e))?;
+                    .map_err(|e| JobFailure {
+                        reason: reason(&e),
+                        no_space: e.kind() == BackendErrorKind::NoSpace,
+                    })?;
                 // A live volume's readers see the new size before the job ends.
                 if let Some(x) = self.store.export(id).map_err(|e| err(&e))? {
                     let seen = self
@@ -273,7 +306,8 @@ impl Service {
                             "{} shows {seen} bytes after resize, expected {}",
                             x.host_path,
                             to_gib * GIB
-                        ));
+                        )
+                        .into());
                     }
                 }
                 Ok(())
@@ -284,7 +318,7 @@ impl Service {
                 image_id,
                 disk_format,
                 ..
-            } => self.image_upload(id, image_id, disk_format, backend),
+            } => Ok(self.image_upload(id, image_id, disk_format, backend)?),
             JobParams::Attach {
                 export_kind,
                 read_only,
@@ -292,7 +326,7 @@ impl Service {
             } => {
                 let v = self.store.get_volume(None, id).map_err(|e| err(&e))?;
                 let kind = self.export_kind_for(&v, export_kind.as_deref());
-                self.ensure_export(&v, backend, Some((kind, *read_only)))
+                Ok(self.ensure_export(&v, backend, Some((kind, *read_only)))?)
             }
             JobParams::Detach { server_id } => {
                 let others = self
@@ -377,21 +411,59 @@ impl Service {
         }
     }
 
-    fn finish(&self, job: &Job, result: Result<(), String>, effect: VolumeEffect) {
+    /// Runs a store write that records a job's progress. While the disk
+    /// is full it retries (backing off up to 2 s), so a job accepted
+    /// before the disk filled still ends once space is freed, with no
+    /// restart. It gives up only when shutdown stops jobs; start-up
+    /// recovery finishes the job then.
+    pub(super) async fn record<T>(
+        &self,
+        job_id: &str,
+        mut write: impl FnMut() -> crate::store::Result<T>,
+    ) -> crate::store::Result<T> {
+        let mut pause = std::time::Duration::from_millis(50);
+        let mut waited = false;
+        loop {
+            match write() {
+                Ok(v) => {
+                    if waited {
+                        tracing::info!(job = %job_id, "job recorded now that the disk has space");
+                    }
+                    return Ok(v);
+                }
+                Err(e) if e.kind() == StoreErrorKind::NoSpace && !self.stopping() => {
+                    if !waited {
+                        tracing::warn!(job = %job_id, error = %e, "cannot record job: disk full; retrying until space is freed");
+                        waited = true;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn finish(&self, job: &Job, result: Result<(), String>, effect: VolumeEffect) {
         crate::failpoint::crash_point("job-before-commit");
         let now = self.now();
         let (state, error) = match &result {
             Ok(()) => (JobState::Succeeded, None),
             Err(e) => (JobState::Failed, Some(e.as_str())),
         };
-        match self.store.finish_job(
-            &job.id,
-            state,
-            error,
-            job.volume_id.as_deref(),
-            &effect,
-            &now,
-        ) {
+        let recorded = self
+            .record(&job.id, || {
+                self.store.finish_job(
+                    &job.id,
+                    state,
+                    error,
+                    job.volume_id.as_deref(),
+                    &effect,
+                    &now,
+                )
+            })
+            .await;
+        match recorded {
             Ok(()) => match error {
                 None => tracing::info!(job = %job.id, kind = %job.kind, "job succeeded"),
                 Some(e) => {

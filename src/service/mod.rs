@@ -111,6 +111,10 @@ pub enum ErrorKind {
     Busy,
     /// The backend lacks the space; 400 in both dialects.
     NoCapacity,
+    /// The host's disk is full; nothing was changed.
+    InsufficientStorage,
+    /// A backend cannot be used now (its volume group is gone, say); 503.
+    BackendUnavailable,
     Internal,
 }
 
@@ -125,6 +129,17 @@ impl ServiceError {
             ServiceError::ImageService(_) => ErrorKind::ImageService,
             ServiceError::Busy(_) => ErrorKind::Busy,
             ServiceError::NoCapacity(_) => ErrorKind::NoCapacity,
+            ServiceError::Store(e) if e.kind() == crate::store::StoreErrorKind::NoSpace => {
+                ErrorKind::InsufficientStorage
+            }
+            ServiceError::Backend(e) if e.kind() == crate::backend::BackendErrorKind::NoSpace => {
+                ErrorKind::InsufficientStorage
+            }
+            ServiceError::Backend(e)
+                if e.kind() == crate::backend::BackendErrorKind::Unavailable =>
+            {
+                ErrorKind::BackendUnavailable
+            }
             ServiceError::Store(_) | ServiceError::Backend(_) => ErrorKind::Internal,
         }
     }

@@ -575,16 +575,19 @@ impl Service {
         }
         crate::failpoint::crash_point("snapshot-before-commit");
         let r = self
-            .store
-            .finish_snapshot_job(&crate::store::SnapshotJobEnd {
-                job_id: &job.id,
-                job_state,
-                error: error.as_deref(),
-                snapshot_id: &sid,
-                status,
-                checksum: checksum.as_deref(),
-                now: &now,
-            });
+            .record(&job.id, || {
+                self.store
+                    .finish_snapshot_job(&crate::store::SnapshotJobEnd {
+                        job_id: &job.id,
+                        job_state,
+                        error: error.as_deref(),
+                        snapshot_id: &sid,
+                        status,
+                        checksum: checksum.as_deref(),
+                        now: &now,
+                    })
+            })
+            .await;
         match (r, &error) {
             (Err(e), _) => {
                 tracing::error!(job = %job.id, error = %e, "cannot record snapshot job end")

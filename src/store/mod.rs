@@ -34,8 +34,11 @@ pub enum StoreError {
         in_use: u64,
         requested: u64,
     },
+    /// The filesystem under the database is full: nothing was written.
+    #[error("the database cannot be written, its filesystem is full: {0}")]
+    NoSpace(rusqlite::Error),
     #[error("database: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(rusqlite::Error),
     #[error("stored row is damaged: {0}")]
     Corrupt(String),
 }
@@ -48,6 +51,7 @@ pub enum StoreErrorKind {
     Conflict,
     MarkerNotFound,
     Quota,
+    NoSpace,
     Db,
 }
 
@@ -59,7 +63,19 @@ impl StoreError {
             StoreError::Conflict(_) => StoreErrorKind::Conflict,
             StoreError::MarkerNotFound(_) => StoreErrorKind::MarkerNotFound,
             StoreError::Quota { .. } => StoreErrorKind::Quota,
+            StoreError::NoSpace(_) => StoreErrorKind::NoSpace,
             StoreError::Db(_) | StoreError::Corrupt(_) => StoreErrorKind::Db,
+        }
+    }
+}
+
+/// A full disk is told apart from other database failures: the
+/// transaction was rolled back, and a retry works once space is freed.
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::NoSpace(e),
+            _ => StoreError::Db(e),
         }
     }
 }

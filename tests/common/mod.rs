@@ -58,7 +58,7 @@ pub struct TestDaemon {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     keep_devices: bool,
     /// A filesystem mounted at the data dir, unmounted on drop.
-    mount: Option<PathBuf>,
+    mount: Option<MountGuard>,
 }
 
 impl TestDaemon {
@@ -86,9 +86,13 @@ impl TestDaemon {
         let dir = tempfile::TempDir::new_in("/var/tmp").expect("placeholder");
         let real = std::mem::replace(&mut self.dir, dir);
         let clock = self.clock.clone();
+        // A small filesystem stays mounted for the next daemon.
+        let mount = self.mount.take();
         self.keep_devices = true;
         drop(self);
-        TestDaemon::start_in(real, extra, clock).await
+        let mut d = TestDaemon::start_in(real, extra, clock).await;
+        d.mount = mount;
+        d
     }
 
     async fn start_in(dir: tempfile::TempDir, extra: &str, clock: SharedClock) -> TestDaemon {
@@ -132,6 +136,11 @@ impl TestDaemon {
     /// Starts a daemon whose data dir is a fresh ext4 filesystem of `size`
     /// bytes on a loop device, or says why it cannot.
     pub async fn start_on_small_fs(size: u64) -> Result<TestDaemon, String> {
+        TestDaemon::start_on_small_fs_with(size, "").await
+    }
+
+    /// As `start_on_small_fs`, with `extra` config.
+    pub async fn start_on_small_fs_with(size: u64, extra: &str) -> Result<TestDaemon, String> {
         let dir = tempfile::Builder::new()
             .prefix("blockd-test")
             .tempdir_in("/var/tmp")
@@ -146,16 +155,22 @@ impl TestDaemon {
             Ok(s) if s.success() => Ok(()),
             other => Err(format!("{cmd:?}: {other:?}")),
         };
+        // Few inodes: small inode tables, so the image stays sparse.
         run(std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-m", "0"])
+            .args(["-q", "-m", "0", "-N", "4096"])
             .arg(&img))?;
         run(std::process::Command::new("mount")
             .args(["-o", "loop"])
             .arg(&img)
             .arg(&data))?;
+        // Unmounts even if the daemon fails to start.
+        let guard = MountGuard {
+            point: data,
+            image: img,
+        };
         let mut d =
-            TestDaemon::start_in(dir, "", Arc::new(OffsetClock(chrono::Duration::zero()))).await;
-        d.mount = Some(data);
+            TestDaemon::start_in(dir, extra, Arc::new(OffsetClock(chrono::Duration::zero()))).await;
+        d.mount = Some(guard);
         Ok(d)
     }
 
@@ -183,17 +198,41 @@ impl Drop for TestDaemon {
             let _ = tx.send(());
         }
         if let Some(m) = self.mount.take() {
-            for d in blockd::export::list_under(&m) {
+            for d in blockd::export::list_under(&m.point) {
                 let _ = blockd::export::detach(&d.device);
             }
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&m)
-                .status();
+            drop(m);
         }
         if !self.keep_devices {
             for d in blockd::export::list_under(self.dir.path()) {
                 let _ = blockd::export::detach(&d.device);
+            }
+        }
+    }
+}
+
+/// A filesystem image mounted (`mount -o loop`) at `point`. Dropping it
+/// unmounts lazily and detaches the image's loop device, even when the
+/// test failed.
+pub struct MountGuard {
+    pub point: PathBuf,
+    pub image: PathBuf,
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.point)
+            .status();
+        // Autoclear detaches the device once the filesystem is let go;
+        // this detaches it at once if nothing holds it any more.
+        let image = self.image.display().to_string();
+        for (dev, file) in crash::loops_under(self.image.parent().unwrap_or(Path::new("/"))) {
+            if file == image {
+                let _ = std::process::Command::new("losetup")
+                    .args(["-d", &dev])
+                    .status();
             }
         }
     }

@@ -149,6 +149,20 @@ impl From<ServiceError> for CinderError {
                     crate::service::IMAGE_SERVICE_MESSAGE,
                 )
             }
+            (_, ErrorKind::BackendUnavailable) => {
+                tracing::warn!(error = %e, "request refused: backend unusable");
+                CinderError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{e}; nothing was changed. Retry once it is back."),
+                )
+            }
+            (_, ErrorKind::InsufficientStorage) => {
+                tracing::warn!(error = %crate::service::reason(&e), "request refused: disk full");
+                CinderError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "The host's data disk is full, so the change was not saved; nothing was changed. Retry once space is freed.",
+                )
+            }
             _ => {
                 tracing::error!(error = %crate::service::reason(&e), "request failed");
                 CinderError::internal()

@@ -163,6 +163,22 @@ impl From<ServiceError> for ScpError {
                     crate::service::IMAGE_SERVICE_MESSAGE,
                 )
             }
+            ErrorKind::BackendUnavailable => {
+                tracing::warn!(error = %e, "request refused: backend unusable");
+                ScpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "BackendUnavailable",
+                    format!("{}; nothing was changed. Retry once it is back.", capitalise(&e.to_string())),
+                )
+            }
+            ErrorKind::InsufficientStorage => {
+                tracing::warn!(error = %crate::service::reason(&e), "request refused: disk full");
+                ScpError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "InsufficientStorage",
+                    "The host's data disk is full, so the change was not saved; nothing was changed. Retry once space is freed.",
+                )
+            }
             ErrorKind::Internal => {
                 let mut chain = e.to_string();
                 let mut src = std::error::Error::source(&e);
