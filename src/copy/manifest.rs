@@ -96,7 +96,14 @@ impl Manifest {
             s.push('\n');
         }
         s.push_str(&format!("checksum {}\n", self.checksum_hex()));
-        let mut f = File::create(path).map_err(|e| CopyError::io("create manifest", e))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| CopyError::io("create manifest", e))?;
         f.write_all(s.as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(|e| CopyError::io("write manifest", e))

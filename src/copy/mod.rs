@@ -270,6 +270,7 @@ fn copy_inner(
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(0o600)
         .open(dst)
         .map_err(|e| CopyError::io("create destination", e))?;
 
