@@ -15,6 +15,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+const SPARSE_ONLY: &str = r#"
+[[volume_types]]
+name = "SSD"
+provisioning = "sparse"
+[[volume_types]]
+name = "HDD"
+provisioning = "sparse"
+[quota]
+gigabytes = 4096
+per_volume_gigabytes = 512
+"#;
+
 const CHECKS: &str = "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance";
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -200,10 +212,11 @@ async fn schemathesis_finds_no_5xx_and_no_schema_mismatch() {
     let data = dir.path().join("data");
     let cfg = dir.path().join("blockd.toml");
     // No credentials configured: the daemon generates them, as on a node.
+    // Only sparse types, so no generated create can allocate real disk.
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = {:?}\n[scp]\nlisten = \"127.0.0.1:{port}\"\n[cinder]\nlisten = \"127.0.0.1:{cport}\"\n[metrics]\nlisten = \"\"\n",
+            "data_dir = {:?}\n[scp]\nlisten = \"127.0.0.1:{port}\"\n[cinder]\nlisten = \"127.0.0.1:{cport}\"\n[metrics]\nlisten = \"\"\n{SPARSE_ONLY}",
             data.display().to_string()
         ),
     )

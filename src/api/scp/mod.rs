@@ -382,18 +382,29 @@ fn check_limit(field: &str, v: Option<i64>) -> Result<Option<u32>, ScpError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Tag)]
 struct TagIn {
+    #[schema(min_length = 1, max_length = 255)]
     key: String,
     value: Option<String>,
 }
 
 /// VolumeCreateRequest (1.0, 1.1).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VolumeCreateRequest)]
 struct CreateReq {
+    #[schema(
+        required = true,
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[a-zA-Z0-9-_ ]*$"
+    )]
     name: Option<String>,
+    #[schema(required = true, nullable = false, minimum = 8, multiple_of = 8)]
     size: Option<u64>,
     snapshot_id: Option<String>,
     tags: Option<Vec<TagIn>>,
@@ -401,10 +412,19 @@ struct CreateReq {
 }
 
 /// VolumeCreateRequestV1Dot2 (1.2, 1.3).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VolumeCreateRequestV1Dot2)]
 struct CreateReqV1Dot2 {
+    #[schema(
+        required = true,
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[a-zA-Z0-9-_ ]*$"
+    )]
     name: Option<String>,
+    #[schema(required = true, nullable = false, minimum = 8, multiple_of = 8)]
     size: Option<u64>,
     snapshot_id: Option<String>,
     tags: Option<Vec<TagIn>>,
@@ -633,9 +653,16 @@ async fn list_volumes(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VolumeUpdateRequest)]
 struct UpdateReq {
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[a-zA-Z0-9-_ ]*$"
+    )]
     name: Option<String>,
 }
 
@@ -680,9 +707,11 @@ async fn delete_volume(
     Ok(empty(StatusCode::ACCEPTED))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VolumeExtendRequest)]
 struct ExtendReq {
+    #[schema(required = true, nullable = false, minimum = 8, multiple_of = 8)]
     size: Option<u64>,
 }
 
@@ -700,8 +729,9 @@ async fn extend_volume(
     Ok((StatusCode::ACCEPTED, Json(views::volume(&d, ctx.version))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VolumeQosRequest)]
 struct QosReq {
     max_iops: Option<i64>,
     max_throughput: Option<i64>,
@@ -807,9 +837,11 @@ fn check_server_id(s: &str) -> Result<(), ScpError> {
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VolumeAttachRequest)]
 struct AttachReq {
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 255)]
     server_id: Option<String>,
     delete_on_termination: Option<bool>,
 }
@@ -855,9 +887,15 @@ async fn server_volumes(
     Ok(Json(json!({ "volumes": items })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ServerVolumeCreateRequest)]
 struct ServerAttachReq {
+    #[schema(
+        required = true,
+        nullable = false,
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     volume_id: Option<String>,
     device: Option<String>,
     delete_on_termination: Option<bool>,
@@ -900,8 +938,9 @@ async fn server_volume(
     Ok(Json(views::server_volume(&a)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ServerVolumeUpdateRequest)]
 struct ServerVolumeUpdate {
     delete_on_termination: Option<bool>,
 }
@@ -940,10 +979,17 @@ fn snapshot_id(id: &str) -> Result<&str, ScpError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SnapshotCreateRequest)]
 struct SnapshotCreateReq {
+    #[schema(required = true, nullable = false)]
     name: Option<String>,
+    #[schema(
+        required = true,
+        nullable = false,
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     volume_id: Option<String>,
     description: Option<String>,
     force: Option<bool>,
@@ -1033,8 +1079,9 @@ async fn show_snapshot(
     Ok(Json(views::snapshot(&s)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SnapshotUpdateRequest)]
 struct SnapshotUpdateReq {
     name: Option<String>,
     description: Option<String>,
@@ -1069,9 +1116,15 @@ async fn delete_snapshot(
     Ok(empty(StatusCode::ACCEPTED))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VolumeRevertRequest)]
 struct RevertReq {
+    #[schema(
+        required = true,
+        nullable = false,
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     snapshot_id: Option<String>,
 }
 
