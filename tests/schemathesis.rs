@@ -275,6 +275,10 @@ async fn schemathesis_finds_no_5xx_and_no_schema_mismatch() {
         "daemon is down"
     );
     drop(p);
+    // Attaches the runs made left loop devices; none may outlive the test.
+    for dev in blockd::export::list_under(dir.path()) {
+        let _ = blockd::export::detach(&dev.device);
+    }
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("panicked"), "the daemon panicked:\n{text}");
     let served_ok = |prefix: &str| {

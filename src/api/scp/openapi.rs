@@ -325,7 +325,14 @@ pub fn document() -> Value {
         "Volume".into(),
         json!({
             "description": "The volume, in the schema of the negotiated version: VolumeShow for 1.0 and 1.1, VolumeShowV1Dot2 for 1.2 and 1.3.",
-            "oneOf": [by_version[0], by_version[2]],
+            "oneOf": [
+                // 1.0 and 1.1 never carry the QoS fields 1.2 requires.
+                {
+                    "allOf": [by_version[0]],
+                    "not": {"anyOf": [{"required": ["max_iops"]}, {"required": ["max_throughput"]}]},
+                },
+                by_version[2],
+            ],
         }),
     );
     schemas.insert(
