@@ -1147,7 +1147,19 @@ async fn verify_snapshot(
     Extension(ctx): Extension<Ctx>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ScpError> {
-    let r = st.svc.verify_snapshot(&ctx.caller, snapshot_id(&id)?)?;
+    let id = snapshot_id(&id)?.to_string();
+    // Re-hashing reads the whole snapshot: off the request threads.
+    let svc = st.svc.clone();
+    let r = tokio::task::spawn_blocking(move || svc.verify_snapshot(&ctx.caller, &id))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "verify task failed");
+            ScpError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "The server could not complete the request; see its log for the request id.",
+            )
+        })??;
     Ok(Json(json!({
         "ok": r.ok,
         "first_bad_chunk": r.first_bad_chunk,
