@@ -951,7 +951,28 @@ async fn secrets_never_reach_the_logs_at_trace_level() {
         let cfg = common::proc::write_config(dir.path(), port, &tokens);
         let log = dir.path().join("daemon.log");
         let p = spawn_logged(&cfg, port, &["--log-format", format], "trace", &log).await;
-        let secrets = secret_traffic(port, cport).await;
+        let mut secrets = secret_traffic(port, cport).await;
+        // A reload that adds a key logs the change, not the secret.
+        let added = "secret-added-by-reload-55";
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text += &format!(
+            "\n[[scp.credentials]]\naccess_key = \"ak-c\"\nsecret_key = \"{added}\"\nuser_id = \"user-c\"\nproject_id = \"project-c\"\n"
+        );
+        std::fs::write(&cfg, text).unwrap();
+        secrets.push(added.to_string());
+        let pid = nix::unistd::Pid::from_raw(p.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("SIGHUP: applied")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{format}: the reload was not logged"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         stop(p);
         let text = std::fs::read_to_string(&log).unwrap();
         // The log is the one asked for, with the refusals in it.
