@@ -745,6 +745,15 @@ async fn projects_are_isolated_in_and_across_dialects() {
     );
     expect_fault(&wrong.get("/volumes").await, 404, "itemNotFound");
 
+    // Another project's quota and usage (which would count its volumes).
+    let theirs = cin_b.get("/os-quota-sets/project-a?usage=True").await;
+    let nobody = cin_b.get("/os-quota-sets/project-nobody?usage=True").await;
+    assert!(theirs.status.is_client_error(), "{}", theirs.text);
+    assert_eq!(
+        (theirs.status, theirs.text.replace("project-a", "P")),
+        (nobody.status, nobody.text.replace("project-nobody", "P"))
+    );
+
     // Accepting a transfer is the one call meant to cross projects; it
     // needs the key, and a wrong key changes nothing (400, as Cinder).
     let a = scp_b
