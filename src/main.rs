@@ -40,6 +40,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             data_dir,
             log_format,
         } => {
+            // Whatever the daemon creates is its own: 0600 files, 0700 dirs.
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
             let cfg = blockd::ops::reload::load(config.as_deref(), data_dir.as_ref())?;
             let filter = blockd::ops::logging::initial_filter(cfg.daemon.log_level.as_deref());
             let log = blockd::ops::logging::init(log_format == "json", &filter);

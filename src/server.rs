@@ -79,12 +79,43 @@ fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Creates the database file 0600 before SQLite opens it, so its log and
+/// shared-memory files (which SQLite gives the database's mode) are 0600
+/// too, and tightens files an older version or an operator left looser.
+fn private_db_files(db: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let bad = |path: &Path, e: std::io::Error| StartError::DataDir {
+        path: path.display().to_string(),
+        problem: e.to_string(),
+    };
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(db)
+        .map_err(|e| bad(db, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", db.display()));
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| bad(&path, e))?;
+            tracing::warn!(path = %path.display(), was = format!("{mode:o}"), "database file was readable by others; now 0600");
+        }
+    }
+    Ok(())
+}
+
 impl Daemon {
     /// Opens everything the config names and finishes interrupted jobs.
     pub fn open(cfg: &Config, clock: SharedClock) -> Result<Daemon, StartError> {
         let data_dir = cfg.data_dir();
         prepare_data_dir(&data_dir)?;
         let db = data_dir.join("blockd.db");
+        private_db_files(&db)?;
         let store = Arc::new(Store::open(&db).map_err(|source| StartError::Store {
             path: db.display().to_string(),
             source,

@@ -274,6 +274,7 @@ fn copy_inner(
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(0o600)
         .open(dst)
         .map_err(|e| CopyError::io("create destination", e))?;
     let dst_is_device = is_block_device(&dst_f);

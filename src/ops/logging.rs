@@ -53,7 +53,9 @@ pub fn init(json: bool, filter: &str) -> LogControl {
     let f = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let (layer, handle) = reload::Layer::new(f);
     let registry = tracing_subscriber::registry().with(layer);
-    let fmt = tracing_subscriber::fmt::layer();
+    // Colours only on a terminal; journald and files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi);
     let installed = if json {
         registry.with(fmt.json()).try_init()
     } else {

@@ -40,7 +40,12 @@ pub async fn spawn_with(cfg: &Path, port: u16, env: &[(&str, &str)]) -> Proc {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut p = Proc(cmd.spawn().expect("daemon starts"));
+    let p = Proc(cmd.spawn().expect("daemon starts"));
+    wait_up(p, port).await
+}
+
+/// Waits until the daemon `p` answers `GET /` on `port`.
+pub async fn wait_up(mut p: Proc, port: u16) -> Proc {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/")).await

@@ -414,18 +414,29 @@ fn check_limit(field: &str, v: Option<i64>) -> Result<Option<u32>, ScpError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Tag)]
 struct TagIn {
+    #[schema(min_length = 1, max_length = 255)]
     key: String,
     value: Option<String>,
 }
 
 /// VolumeCreateRequest (1.0, 1.1).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VolumeCreateRequest)]
 struct CreateReq {
+    #[schema(
+        required = true,
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[a-zA-Z0-9-_ ]*$"
+    )]
     name: Option<String>,
+    #[schema(required = true, nullable = false, minimum = 8, multiple_of = 8)]
     size: Option<u64>,
     snapshot_id: Option<String>,
     tags: Option<Vec<TagIn>>,
@@ -435,10 +446,19 @@ struct CreateReq {
 }
 
 /// VolumeCreateRequestV1Dot2 (1.2, 1.3).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VolumeCreateRequestV1Dot2)]
 struct CreateReqV1Dot2 {
+    #[schema(
+        required = true,
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[a-zA-Z0-9-_ ]*$"
+    )]
     name: Option<String>,
+    #[schema(required = true, nullable = false, minimum = 8, multiple_of = 8)]
     size: Option<u64>,
     snapshot_id: Option<String>,
     tags: Option<Vec<TagIn>>,
@@ -696,9 +716,16 @@ async fn list_volumes(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VolumeUpdateRequest)]
 struct UpdateReq {
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[a-zA-Z0-9-_ ]*$"
+    )]
     name: Option<String>,
 }
 
@@ -743,9 +770,11 @@ async fn delete_volume(
     Ok(empty(StatusCode::ACCEPTED))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VolumeExtendRequest)]
 struct ExtendReq {
+    #[schema(required = true, nullable = false, minimum = 8, multiple_of = 8)]
     size: Option<u64>,
 }
 
@@ -763,8 +792,9 @@ async fn extend_volume(
     Ok((StatusCode::ACCEPTED, Json(views::volume(&d, ctx.version))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VolumeQosRequest)]
 struct QosReq {
     max_iops: Option<i64>,
     max_throughput: Option<i64>,
@@ -871,9 +901,11 @@ fn check_server_id(s: &str) -> Result<(), ScpError> {
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VolumeAttachRequest)]
 struct AttachReq {
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 255)]
     server_id: Option<String>,
     delete_on_termination: Option<bool>,
     /// blockd extension: `loop` or `vhost-user-blk`.
@@ -927,9 +959,15 @@ async fn server_volumes(
     Ok(Json(json!({ "volumes": items })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ServerVolumeCreateRequest)]
 struct ServerAttachReq {
+    #[schema(
+        required = true,
+        nullable = false,
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     volume_id: Option<String>,
     device: Option<String>,
     delete_on_termination: Option<bool>,
@@ -972,8 +1010,9 @@ async fn server_volume(
     Ok(Json(views::server_volume(&a)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ServerVolumeUpdateRequest)]
 struct ServerVolumeUpdate {
     delete_on_termination: Option<bool>,
 }
@@ -1012,10 +1051,17 @@ fn snapshot_id(id: &str) -> Result<&str, ScpError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SnapshotCreateRequest)]
 struct SnapshotCreateReq {
+    #[schema(required = true, nullable = false)]
     name: Option<String>,
+    #[schema(
+        required = true,
+        nullable = false,
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     volume_id: Option<String>,
     description: Option<String>,
     force: Option<bool>,
@@ -1105,8 +1151,9 @@ async fn show_snapshot(
     Ok(Json(views::snapshot(&s)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SnapshotUpdateRequest)]
 struct SnapshotUpdateReq {
     name: Option<String>,
     description: Option<String>,
@@ -1141,9 +1188,15 @@ async fn delete_snapshot(
     Ok(empty(StatusCode::ACCEPTED))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VolumeRevertRequest)]
 struct RevertReq {
+    #[schema(
+        required = true,
+        nullable = false,
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     snapshot_id: Option<String>,
 }
 
@@ -1166,7 +1219,19 @@ async fn verify_snapshot(
     Extension(ctx): Extension<Ctx>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ScpError> {
-    let r = st.svc.verify_snapshot(&ctx.caller, snapshot_id(&id)?)?;
+    let id = snapshot_id(&id)?.to_string();
+    // Re-hashing reads the whole snapshot: off the request threads.
+    let svc = st.svc.clone();
+    let r = tokio::task::spawn_blocking(move || svc.verify_snapshot(&ctx.caller, &id))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "verify task failed");
+            ScpError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "The server could not complete the request; see its log for the request id.",
+            )
+        })??;
     Ok(Json(json!({
         "ok": r.ok,
         "first_bad_chunk": r.first_bad_chunk,

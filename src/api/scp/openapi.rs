@@ -2,7 +2,8 @@
 //! schemas come from the view types themselves (utoipa derives), so they
 //! follow the code; the route table below is checked against the router
 //! by a test. Versions differ in the volume schema only: 1.0 and 1.1 answer
-//! `VolumeShow`, 1.2 and 1.3 `VolumeShowV1Dot2` (with QoS).
+//! `VolumeShow`, 1.2 and 1.3 `VolumeShowV1Dot2` (with QoS). Request bodies
+//! are the request types the handlers parse, with their limits.
 
 use super::views::*;
 use serde_json::{Map, Value, json};
@@ -172,6 +173,41 @@ pub const ROUTES: &[(&str, &str, &str, u16, Option<&str>)] = &[
     ),
     (
         "get",
+        "/v1/volume-transfer",
+        "The project's pending transfers",
+        200,
+        None,
+    ),
+    (
+        "post",
+        "/v1/volume-transfer",
+        "Offer a volume to another project",
+        202,
+        None,
+    ),
+    (
+        "get",
+        "/v1/volume-transfer/{id}",
+        "Show a pending transfer",
+        200,
+        None,
+    ),
+    (
+        "delete",
+        "/v1/volume-transfer/{id}",
+        "Cancel a transfer",
+        202,
+        None,
+    ),
+    (
+        "post",
+        "/v1/volume-transfer/{id}/accept",
+        "Take the volume with the transfer's key",
+        202,
+        None,
+    ),
+    (
+        "get",
         "/blockd/v1/volumes/{id}",
         "blockd's own view of a volume",
         200,
@@ -193,6 +229,57 @@ pub const ROUTES: &[(&str, &str, &str, u16, Option<&str>)] = &[
     ),
 ];
 
+/// Method, path template and body schema of the routes that take a body;
+/// the schemas are the request types the handlers parse.
+pub const REQUEST_BODIES: &[(&str, &str, &str)] = &[
+    ("post", "/v1/volumes", "VolumeCreate"),
+    ("put", "/v1/volumes/{id}", "VolumeUpdateRequest"),
+    ("put", "/v1/volumes/{id}/size", "VolumeExtendRequest"),
+    ("put", "/v1/volumes/{id}/qos", "VolumeQosRequest"),
+    ("post", "/v1/volumes/{id}/servers", "VolumeAttachRequest"),
+    ("post", "/v1/volumes/{id}/revert", "VolumeRevertRequest"),
+    (
+        "post",
+        "/v1/servers/{server_id}/volumes",
+        "ServerVolumeCreateRequest",
+    ),
+    (
+        "put",
+        "/v1/servers/{server_id}/volumes/{id}",
+        "ServerVolumeUpdateRequest",
+    ),
+    ("post", "/v1/snapshots", "SnapshotCreateRequest"),
+    ("put", "/v1/snapshots/{id}", "SnapshotUpdateRequest"),
+    ("post", "/v1/volume-transfer", "TransferCreateRequest"),
+    (
+        "post",
+        "/v1/volume-transfer/{id}/accept",
+        "TransferAcceptRequest",
+    ),
+];
+
+/// Query parameters the handlers read; any other is answered 400.
+const PAGE: &[&str] = &["limit", "offset", "marker", "with_count"];
+pub const QUERY: &[(&str, &str, &[&str])] = &[
+    ("get", "/v1/volumes", &["sort", "name", "state", "bootable"]),
+    ("delete", "/v1/volumes/{id}", &["cascade"]),
+    ("get", "/v1/snapshots", &["volume_id", "name", "sort"]),
+    ("get", "/v1/volume-transfer", &[]),
+];
+
+fn query_param(name: &str) -> Value {
+    let schema = match name {
+        "limit" => json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+        "offset" => json!({"type": "integer", "minimum": 0}),
+        "with_count" | "bootable" | "cascade" => json!({"type": "boolean"}),
+        "sort" => {
+            json!({"type": "string", "description": "key[:asc|desc], comma-separated (snapshots: 1.3 and later)"})
+        }
+        _ => json!({"type": "string"}),
+    };
+    json!({"name": name, "in": "query", "required": false, "schema": schema})
+}
+
 /// The document.
 pub fn document() -> Value {
     let mut schemas = Map::new();
@@ -206,6 +293,30 @@ pub fn document() -> Value {
     schema::<AttachView>(&mut schemas);
     schema::<ServerVolume>(&mut schemas);
     schema::<SnapshotDetail>(&mut schemas);
+    schema::<super::TagIn>(&mut schemas);
+    schema::<super::CreateReq>(&mut schemas);
+    schema::<super::CreateReqV1Dot2>(&mut schemas);
+    schema::<super::UpdateReq>(&mut schemas);
+    schema::<super::ExtendReq>(&mut schemas);
+    schema::<super::QosReq>(&mut schemas);
+    schema::<super::AttachReq>(&mut schemas);
+    schema::<super::RevertReq>(&mut schemas);
+    schema::<super::ServerAttachReq>(&mut schemas);
+    schema::<super::ServerVolumeUpdate>(&mut schemas);
+    schema::<super::SnapshotCreateReq>(&mut schemas);
+    schema::<super::SnapshotUpdateReq>(&mut schemas);
+    schema::<super::transfers::CreateReq>(&mut schemas);
+    schema::<super::transfers::AcceptReq>(&mut schemas);
+    schemas.insert(
+        "VolumeCreate".into(),
+        json!({
+            "description": "VolumeCreateRequest for 1.0 and 1.1, VolumeCreateRequestV1Dot2 (with QoS) for 1.2 and 1.3.",
+            "anyOf": [
+                {"$ref": "#/components/schemas/VolumeCreateRequest"},
+                {"$ref": "#/components/schemas/VolumeCreateRequestV1Dot2"},
+            ],
+        }),
+    );
     let by_version: Vec<Value> = VOLUME_SCHEMA_BY_VERSION
         .iter()
         .map(|(_, s)| json!({"$ref": format!("#/components/schemas/{s}")}))
@@ -214,7 +325,14 @@ pub fn document() -> Value {
         "Volume".into(),
         json!({
             "description": "The volume, in the schema of the negotiated version: VolumeShow for 1.0 and 1.1, VolumeShowV1Dot2 for 1.2 and 1.3.",
-            "oneOf": [by_version[0], by_version[2]],
+            "oneOf": [
+                // 1.0 and 1.1 never carry the QoS fields 1.2 requires.
+                {
+                    "allOf": [by_version[0]],
+                    "not": {"anyOf": [{"required": ["max_iops"]}, {"required": ["max_throughput"]}]},
+                },
+                by_version[2],
+            ],
         }),
     );
     schemas.insert(
@@ -247,11 +365,15 @@ pub fn document() -> Value {
 
     let mut paths = Map::new();
     for (method, path, summary, status, answer) in ROUTES {
-        let params: Vec<Value> = path
+        let mut params: Vec<Value> = path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
+        if let Some((_, _, names)) = QUERY.iter().find(|(m, p, _)| m == method && p == path) {
+            let page = if *method == "get" { PAGE } else { &[] };
+            params.extend(page.iter().chain(names.iter()).map(|n| query_param(n)));
+        }
         let ok = match answer {
             Some(s) => json!({"description": "Success", "content": {"application/json": {
                 "schema": {"$ref": format!("#/components/schemas/{s}")}}}}),
@@ -266,6 +388,13 @@ pub fn document() -> Value {
         });
         if !params.is_empty() {
             op["parameters"] = Value::Array(params);
+        }
+        if let Some((_, _, body)) = REQUEST_BODIES
+            .iter()
+            .find(|(m, p, _)| m == method && p == path)
+        {
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {
+                "schema": {"$ref": format!("#/components/schemas/{body}")}}}});
         }
         if *path != "/" {
             op["security"] = json!([{"scpSignature": []}]);

@@ -38,16 +38,25 @@ fn transfer_id(id: &str) -> Result<&str, ScpError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateReq {
+#[schema(as = TransferCreateRequest)]
+pub(super) struct CreateReq {
+    #[schema(
+        required = true,
+        nullable = false,
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     volume_id: Option<String>,
+    #[schema(max_length = 255)]
     name: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AcceptReq {
+#[schema(as = TransferAcceptRequest)]
+pub(super) struct AcceptReq {
+    #[schema(required = true, nullable = false)]
     auth_key: Option<String>,
 }
 

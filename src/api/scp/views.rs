@@ -1,6 +1,7 @@
 //! The SCP wire format, one struct per published schema. A newer version
 //! reuses the older struct and adds only what it changed, so every
-//! response carries exactly its version's fields.
+//! response carries exactly its version's fields. Every field is always
+//! sent (null when unset), so the schemas list them all as required.
 
 use super::version::ApiVersion;
 use crate::service::{Quota, VolumeDetail, VolumeType};
@@ -22,14 +23,18 @@ pub struct VolumeShow {
     pub created_at: String,
     pub encrypted: bool,
     pub id: String,
+    #[schema(required = true)]
     pub modified_at: Option<String>,
     pub multiattach: bool,
+    #[schema(required = true)]
     pub name: Option<String>,
     pub servers: Vec<ServerView>,
     pub size: u64,
+    #[schema(required = true)]
     pub snapshot_id: Option<String>,
     pub state: String,
     pub user_id: String,
+    #[schema(required = true)]
     pub volume_image_metadata: Option<Value>,
     pub volume_type: String,
     pub volume_type_id: String,
@@ -40,7 +45,9 @@ pub struct VolumeShow {
 pub struct VolumeShowV1Dot2 {
     #[serde(flatten)]
     pub base: VolumeShow,
+    #[schema(required = true)]
     pub max_iops: Option<u32>,
+    #[schema(required = true)]
     pub max_throughput: Option<u32>,
 }
 
