@@ -696,3 +696,155 @@ async fn loop_lvm_device_mapper_features_skip_here() {
         );
     }
 }
+
+/// Renames a test VG away and back, so the backend sees its VG vanish and
+/// return with its data; a panicking test still renames it back.
+struct Vanished<'a> {
+    vg: &'a TestVg,
+    away: String,
+    back: bool,
+}
+
+impl<'a> Vanished<'a> {
+    fn new(vg: &'a TestVg) -> Vanished<'a> {
+        let away = format!("{}-away", vg.name);
+        let o = lvm(&vg.pv, &["vgrename", &vg.name, &away]);
+        assert!(
+            o.status.success(),
+            "vgrename: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Vanished {
+            vg,
+            away,
+            back: false,
+        }
+    }
+    fn restore(&mut self) {
+        if !self.back {
+            let o = lvm(&self.vg.pv, &["vgrename", &self.away, &self.vg.name]);
+            assert!(
+                o.status.success(),
+                "vgrename back: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            self.back = true;
+        }
+    }
+}
+
+impl Drop for Vanished<'_> {
+    fn drop(&mut self) {
+        if !self.back {
+            let _ = lvm(&self.vg.pv, &["vgrename", &self.away, &self.vg.name]);
+        }
+    }
+}
+
+/// The VG disappears under the running daemon: requests that need it get
+/// 503 naming the backend and change nothing, /readyz says which backend,
+/// the file backend keeps working, and once the VG is back everything
+/// works again with the data intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loop_lvm_vanished_volume_group() {
+    let Some(t) = Tier::lvm() else {
+        return;
+    };
+    let Tier::Lvm(vg) = &t else { unreachable!() };
+    let d = start(&t, "").await;
+    let c = d.client("a");
+    let keep = c.create("keep", 8, None).await;
+    let keep = keep["id"].as_str().unwrap().to_string();
+    settled(&c, &keep, "available").await;
+    let dev = location(&c, &keep).await;
+    write_spots(&dev, 7);
+    let before = c.get("/v1/volumes?limit=100").await.body;
+
+    let mut gone_vg = Vanished::new(vg);
+    let a = c
+        .call(
+            Method::POST,
+            "/v1/volumes",
+            Some(json!({"name": "new", "size": 8, "volume_type": "LV"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text);
+    let detail = a.body["errors"][0]["detail"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        detail.contains("lvm-test") && detail.contains("not found"),
+        "the reason names the backend and the missing VG: {detail}"
+    );
+    let a = c
+        .call(
+            Method::PUT,
+            &format!("/v1/volumes/{keep}/size"),
+            Some(json!({"size": 16})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text);
+    let v = c.get(&format!("/v1/volumes/{keep}")).await.body;
+    assert_eq!(
+        (v["state"].as_str(), v["size"].as_u64()),
+        (Some("available"), Some(8))
+    );
+    assert_eq!(
+        c.get("/v1/volumes?limit=100").await.body["volumes"],
+        before["volumes"],
+        "nothing changed"
+    );
+    let cinder = reqwest::Client::new()
+        .post(format!("http://{}/v3/a/volumes", d.cinder_addr))
+        .header("X-Auth-Token", "a")
+        .json(&json!({"volume": {"size": 8, "volume_type": "LV"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cinder.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = cinder.json().await.unwrap();
+    assert!(
+        body["serviceUnavailable"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("lvm-test")),
+        "{body}"
+    );
+    let ready = d.daemon.service.backend_capacities();
+    assert!(
+        ready.iter().any(|(n, c)| n == "lvm-test" && c.is_err()),
+        "the backend reports itself unusable"
+    );
+    // The file backend is not touched by the LVM backend's trouble.
+    let f = c.create("file", 8, Some("SSD")).await;
+    let f = f["id"].as_str().unwrap().to_string();
+    settled(&c, &f, "available").await;
+
+    gone_vg.restore();
+    // (Extend first: without device-mapper LVs are contiguous, so a
+    // neighbour made right after `keep` would leave it no room to grow.)
+    ok(
+        &c,
+        Method::PUT,
+        &format!("/v1/volumes/{keep}/size"),
+        json!({"size": 16}),
+    )
+    .await;
+    let v = settled(&c, &keep, "available").await;
+    let view = c.get(&format!("/blockd/v1/volumes/{keep}")).await;
+    assert_eq!(v["size"], 16, "{}", view.text);
+    assert_spots(&location(&c, &keep).await, 7);
+    let n = c.create("new", 8, None).await;
+    let n = n["id"].as_str().unwrap().to_string();
+    settled(&c, &n, "available").await;
+    for id in [&keep, &n, &f] {
+        let a = c
+            .call(Method::DELETE, &format!("/v1/volumes/{id}"), None)
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+        gone(&c, id).await;
+    }
+    drop(gone_vg);
+    drop(c);
+    drop(d);
+}

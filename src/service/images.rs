@@ -100,7 +100,12 @@ impl Images {
         };
         let tmp_dir = data_dir.join("image-tmp");
         if glance.is_some() {
-            if let Err(e) = std::fs::create_dir_all(&tmp_dir) {
+            use std::os::unix::fs::DirBuilderExt;
+            let made = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&tmp_dir);
+            if let Err(e) = made {
                 tracing::error!(dir = %tmp_dir.display(), error = %e, "images: cannot create the temp dir");
             }
             // Temp files are per job; whatever is here a crash left behind.

@@ -168,7 +168,10 @@ impl From<ServiceError> for ScpError {
                 ScpError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "BackendUnavailable",
-                    format!("{}; nothing was changed. Retry once it is back.", capitalise(&e.to_string())),
+                    format!(
+                        "{}; nothing was changed. Retry once it is back.",
+                        capitalise(&e.to_string())
+                    ),
                 )
             }
             ErrorKind::InsufficientStorage => {
