@@ -360,24 +360,13 @@ fn small_fs(size: u64) -> Result<(tempfile::TempDir, MountGuard), String> {
         .prefix("blockd-test-faults")
         .tempdir_in("/var/tmp")
         .map_err(|e| e.to_string())?;
-    let img = dir.path().join("fs.img");
-    let point = dir.path().join("mnt");
-    std::fs::create_dir(&point).map_err(|e| e.to_string())?;
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(size))
-        .map_err(|e| e.to_string())?;
-    let run = |cmd: &mut std::process::Command| match cmd.status() {
-        Ok(s) if s.success() => Ok(()),
-        other => Err(format!("{cmd:?}: {other:?}")),
-    };
-    run(std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-m", "0", "-N", "1024"])
-        .arg(&img))?;
-    run(std::process::Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&img)
-        .arg(&point))?;
-    Ok((dir, MountGuard { point, image: img }))
+    let guard = MountGuard::small_ext4(
+        &dir.path().join("fs.img"),
+        &dir.path().join("mnt"),
+        size,
+        1024,
+    )?;
+    Ok((dir, guard))
 }
 
 /// The free-space check passes when the space is exactly what the data

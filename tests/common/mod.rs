@@ -145,29 +145,12 @@ impl TestDaemon {
             .prefix("blockd-test")
             .tempdir_in("/var/tmp")
             .map_err(|e| e.to_string())?;
-        let img = dir.path().join("fs.img");
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).map_err(|e| e.to_string())?;
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(size))
-            .map_err(|e| e.to_string())?;
-        let run = |cmd: &mut std::process::Command| match cmd.status() {
-            Ok(s) if s.success() => Ok(()),
-            other => Err(format!("{cmd:?}: {other:?}")),
-        };
-        // Few inodes: small inode tables, so the image stays sparse.
-        run(std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-m", "0", "-N", "4096"])
-            .arg(&img))?;
-        run(std::process::Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&data))?;
-        // Unmounts even if the daemon fails to start.
-        let guard = MountGuard {
-            point: data,
-            image: img,
-        };
+        let guard = MountGuard::small_ext4(
+            &dir.path().join("fs.img"),
+            &dir.path().join("data"),
+            size,
+            4096,
+        )?;
         let mut d =
             TestDaemon::start_in(dir, extra, Arc::new(OffsetClock(chrono::Duration::zero()))).await;
         d.mount = Some(guard);
@@ -217,6 +200,38 @@ impl Drop for TestDaemon {
 pub struct MountGuard {
     pub point: PathBuf,
     pub image: PathBuf,
+}
+
+impl MountGuard {
+    /// Makes a sparse `size`-byte ext4 image at `img` (few inodes, so its
+    /// inode tables stay small) and loop-mounts it on `point`, created
+    /// here; the guard unmounts it even if what follows fails.
+    pub fn small_ext4(
+        img: &Path,
+        point: &Path,
+        size: u64,
+        inodes: u32,
+    ) -> Result<MountGuard, String> {
+        std::fs::create_dir(point).map_err(|e| e.to_string())?;
+        std::fs::File::create(img)
+            .and_then(|f| f.set_len(size))
+            .map_err(|e| e.to_string())?;
+        let run = |cmd: &mut std::process::Command| match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            other => Err(format!("{cmd:?}: {other:?}")),
+        };
+        run(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-m", "0", "-N", &inodes.to_string()])
+            .arg(img))?;
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(img)
+            .arg(point))?;
+        Ok(MountGuard {
+            point: point.to_path_buf(),
+            image: img.to_path_buf(),
+        })
+    }
 }
 
 impl Drop for MountGuard {
