@@ -409,6 +409,36 @@ fn job_from_row(r: &Row) -> rusqlite::Result<Job> {
     })
 }
 
+fn insert_volume(tx: &Transaction, v: &Volume) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached(&format!(
+        "INSERT INTO volumes ({VOLUME_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+         ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+    ))?;
+    st.execute(params![
+            v.id,
+            v.project_id,
+            v.user_id,
+            v.name,
+            v.description,
+            v.size_gib,
+            v.volume_type_id,
+            v.volume_type,
+            v.state.as_str(),
+            v.bootable,
+            v.encrypted,
+            v.multiattach,
+            v.snapshot_id,
+            v.source_volid,
+            v.max_iops,
+            v.max_throughput,
+            v.backend,
+            v.error_reason,
+            v.created_at,
+            v.modified_at
+        ])?;
+    Ok(())
+}
+
 fn insert_job(tx: &Transaction, j: &Job) -> rusqlite::Result<()> {
     tx.execute(
         &format!("INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
@@ -637,34 +667,7 @@ impl Store {
     ) -> Result<()> {
         self.write(|tx| {
             check_quota(tx, &v.project_id, quota)?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO volumes ({VOLUME_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
-                     ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
-                ),
-                params![
-                    v.id,
-                    v.project_id,
-                    v.user_id,
-                    v.name,
-                    v.description,
-                    v.size_gib,
-                    v.volume_type_id,
-                    v.volume_type,
-                    v.state.as_str(),
-                    v.bootable,
-                    v.encrypted,
-                    v.multiattach,
-                    v.snapshot_id,
-                    v.source_volid,
-                    v.max_iops,
-                    v.max_throughput,
-                    v.backend,
-                    v.error_reason,
-                    v.created_at,
-                    v.modified_at
-                ],
-            )?;
+            insert_volume(tx, v)?;
             for t in tags {
                 tx.execute(
                     "INSERT OR REPLACE INTO volume_tags (volume_id, key, value) VALUES (?1, ?2, ?3)",
@@ -672,6 +675,18 @@ impl Store {
                 )?;
             }
             insert_job(tx, job)?;
+            Ok(())
+        })
+    }
+
+    /// Inserts many volumes with their finished create jobs in one
+    /// transaction and without quota checks: bulk imports and benchmarks.
+    pub fn import_volumes(&self, items: &[(Volume, Job)]) -> Result<()> {
+        self.write(|tx| {
+            for (v, j) in items {
+                insert_volume(tx, v)?;
+                insert_job(tx, j)?;
+            }
             Ok(())
         })
     }
