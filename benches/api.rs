@@ -111,8 +111,8 @@ impl Drop for Daemon {
 impl Daemon {
     /// CPU seconds (user + system) the daemon has used so far.
     fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
         let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let f: Vec<&str> = after.split_whitespace().collect();
         let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
@@ -344,12 +344,7 @@ async fn signed_phase(d: &Daemon, opts: &Opts, paths: &[String]) -> Figures {
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..opts.conns {
-        let mine: Vec<String> = paths
-            .iter()
-            .skip(i)
-            .step_by(opts.conns)
-            .cloned()
-            .collect();
+        let mine: Vec<String> = paths.iter().skip(i).step_by(opts.conns).cloned().collect();
         assert!(!mine.is_empty(), "fewer paths than connections");
         tasks.push(tokio::spawn(signed_loop(
             d.scp,
@@ -435,15 +430,29 @@ async fn run_size(opts: &Opts, n: usize) {
     let want = (opts.conns * 64).min(ids.len());
     let step = (ids.len() / want).max(1);
     let picked: Vec<String> = ids.iter().step_by(step).take(want).cloned().collect();
-    let show: Vec<String> = picked.iter().map(|id| format!("/v1/volumes/{id}")).collect();
-    println!("  signed show            {}", signed_phase(&d, opts, &show).await);
+    let show: Vec<String> = picked
+        .iter()
+        .map(|id| format!("/v1/volumes/{id}"))
+        .collect();
+    println!(
+        "  signed show            {}",
+        signed_phase(&d, opts, &show).await
+    );
     let list: Vec<String> = picked
         .iter()
         .map(|id| format!("/v1/volumes?limit=20&marker={id}"))
         .collect();
-    println!("  signed list (page 20)  {}", signed_phase(&d, opts, &list).await);
+    println!(
+        "  signed list (page 20)  {}",
+        signed_phase(&d, opts, &list).await
+    );
     if opts.wrk {
-        wrk(opts, "/healthz (ops)", &format!("http://{}/healthz", d.ops), None);
+        wrk(
+            opts,
+            "/healthz (ops)",
+            &format!("http://{}/healthz", d.ops),
+            None,
+        );
         wrk(
             opts,
             "cinder noauth show",
