@@ -438,13 +438,23 @@ async fn run_size(opts: &Opts, n: usize) {
         "  signed show            {}",
         signed_phase(&d, opts, &show).await
     );
+    // A page by marker, then the same with the total count, which SCP
+    // lists carry by default (with_count=true) and which counts every row.
     let list: Vec<String> = picked
         .iter()
-        .map(|id| format!("/v1/volumes?limit=20&marker={id}"))
+        .map(|id| format!("/v1/volumes?limit=20&with_count=false&marker={id}"))
         .collect();
     println!(
         "  signed list (page 20)  {}",
         signed_phase(&d, opts, &list).await
+    );
+    let counted: Vec<String> = picked
+        .iter()
+        .map(|id| format!("/v1/volumes?limit=20&marker={id}"))
+        .collect();
+    println!(
+        "  signed list + count    {}",
+        signed_phase(&d, opts, &counted).await
     );
     if opts.wrk {
         wrk(
