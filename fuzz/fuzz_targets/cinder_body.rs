@@ -3,9 +3,7 @@
 #![no_main]
 
 use blockd::api::cinder::microversion::{MAX, Microversion};
-use blockd::api::cinder::volumes::{
-    id_field, list_query, metadata_field, size_field, text_field,
-};
+use blockd::api::cinder::volumes::{id_field, list_query, metadata_field, size_field, text_field};
 use blockd::api::cinder::{Ctx, body_object, json_body, python_bool};
 use blockd::service::Caller;
 use libfuzzer_sys::fuzz_target;
