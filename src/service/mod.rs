@@ -709,11 +709,22 @@ impl Service {
             q.project_id = caller.scope().map(String::from);
         }
         let page = self.store.list_volumes(&q)?;
+        // One query for the page's attachments rather than one per volume.
+        let ids: Vec<&str> = page.items.iter().map(|v| v.id.as_str()).collect();
+        let mut by_volume: HashMap<String, Vec<Attachment>> = HashMap::new();
+        for a in self.store.attachments_of(&ids)? {
+            by_volume.entry(a.volume_id.clone()).or_default().push(a);
+        }
+        let mut images = self.store.image_metadata_of(&ids)?;
         let items = page
             .items
             .into_iter()
-            .map(|v| self.detail(v))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|volume| VolumeDetail {
+                attachments: by_volume.remove(&volume.id).unwrap_or_default(),
+                image_metadata: images.remove(&volume.id).unwrap_or_default(),
+                volume,
+            })
+            .collect();
         Ok(Page {
             items,
             count: page.count,

@@ -28,6 +28,34 @@ impl Store {
         })
     }
 
+    /// The image metadata of several volumes in one query, by volume id
+    /// (volumes without any are absent).
+    pub fn image_metadata_of(
+        &self,
+        volume_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, std::collections::BTreeMap<String, String>>> {
+        let mut out = std::collections::HashMap::new();
+        if volume_ids.is_empty() {
+            return Ok(out);
+        }
+        let ids = serde_json::to_string(volume_ids)
+            .map_err(|e| StoreError::Corrupt(format!("volume ids as JSON: {e}")))?;
+        let rows = self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT volume_id, key, value FROM volume_image_metadata WHERE volume_id IN \
+                 (SELECT value FROM json_each(?1))",
+            )?;
+            let rows = st.query_map([ids], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<(String, String, String)>>>()?)
+        })?;
+        for (v, k, val) in rows {
+            out.entry(v)
+                .or_insert_with(std::collections::BTreeMap::new)
+                .insert(k, val);
+        }
+        Ok(out)
+    }
+
     /// Applies `change` to a volume in one of `allowed`, with the job that
     /// records it (None when a running job makes the change).
     pub fn change_image_metadata(

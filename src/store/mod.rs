@@ -343,6 +343,10 @@ pub struct Store {
 /// Read connections opened beside the writer.
 const READERS: usize = 4;
 
+/// Prepared statements kept per connection; the list queries alone take
+/// several shapes, and rusqlite's default of 16 let them evict each other.
+const STATEMENT_CACHE: usize = 64;
+
 const VOLUME_COLS: &str = "id, project_id, user_id, name, description, size_gib, volume_type_id, \
     volume_type, state, bootable, encrypted, multiattach, snapshot_id, source_volid, max_iops, \
     max_throughput, backend, error_reason, created_at, modified_at";
@@ -443,6 +447,36 @@ fn job_from_row(r: &Row) -> rusqlite::Result<Job> {
     })
 }
 
+fn insert_volume(tx: &Transaction, v: &Volume) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached(&format!(
+        "INSERT INTO volumes ({VOLUME_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+         ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+    ))?;
+    st.execute(params![
+        v.id,
+        v.project_id,
+        v.user_id,
+        v.name,
+        v.description,
+        v.size_gib,
+        v.volume_type_id,
+        v.volume_type,
+        v.state.as_str(),
+        v.bootable,
+        v.encrypted,
+        v.multiattach,
+        v.snapshot_id,
+        v.source_volid,
+        v.max_iops,
+        v.max_throughput,
+        v.backend,
+        v.error_reason,
+        v.created_at,
+        v.modified_at
+    ])?;
+    Ok(())
+}
+
 fn insert_job(tx: &Transaction, j: &Job) -> rusqlite::Result<()> {
     tx.execute(
         &format!("INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
@@ -528,19 +562,17 @@ fn change_tags(tx: &Connection, id: &str, change: &TagChange) -> rusqlite::Resul
 
 fn get_volume_in(c: &Connection, project: Option<&str>, id: &str) -> Result<Volume> {
     let v = match project {
+        // Cached: shows are the commonest request, and parsing the SQL
+        // each time cost more than running it.
         Some(p) => c
-            .query_row(
-                &format!("SELECT {VOLUME_COLS} FROM volumes WHERE id = ?1 AND project_id = ?2"),
-                params![id, p],
-                volume_from_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {VOLUME_COLS} FROM volumes WHERE id = ?1 AND project_id = ?2"
+            ))?
+            .query_row(params![id, p], volume_from_row)
             .optional()?,
         None => c
-            .query_row(
-                &format!("SELECT {VOLUME_COLS} FROM volumes WHERE id = ?1"),
-                params![id],
-                volume_from_row,
-            )
+            .prepare_cached(&format!("SELECT {VOLUME_COLS} FROM volumes WHERE id = ?1"))?
+            .query_row(params![id], volume_from_row)
             .optional()?,
     };
     v.ok_or(StoreError::NotFound)
@@ -558,6 +590,7 @@ impl Store {
                     | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
             r.busy_timeout(std::time::Duration::from_secs(5))?;
+            r.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             store.readers.push(Mutex::new(r));
         }
         Ok(store)
@@ -587,6 +620,7 @@ impl Store {
 
     fn init(mut conn: Connection) -> Result<Store> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if mode != "wal" && mode != "memory" {
             return Err(StoreError::Corrupt(format!(
@@ -671,34 +705,7 @@ impl Store {
     ) -> Result<()> {
         self.write(|tx| {
             check_quota(tx, &v.project_id, quota)?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO volumes ({VOLUME_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
-                     ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
-                ),
-                params![
-                    v.id,
-                    v.project_id,
-                    v.user_id,
-                    v.name,
-                    v.description,
-                    v.size_gib,
-                    v.volume_type_id,
-                    v.volume_type,
-                    v.state.as_str(),
-                    v.bootable,
-                    v.encrypted,
-                    v.multiattach,
-                    v.snapshot_id,
-                    v.source_volid,
-                    v.max_iops,
-                    v.max_throughput,
-                    v.backend,
-                    v.error_reason,
-                    v.created_at,
-                    v.modified_at
-                ],
-            )?;
+            insert_volume(tx, v)?;
             for t in tags {
                 tx.execute(
                     "INSERT OR REPLACE INTO volume_tags (volume_id, key, value) VALUES (?1, ?2, ?3)",
@@ -706,6 +713,18 @@ impl Store {
                 )?;
             }
             insert_job(tx, job)?;
+            Ok(())
+        })
+    }
+
+    /// Inserts many volumes with their finished create jobs in one
+    /// transaction and without quota checks: bulk imports and benchmarks.
+    pub fn import_volumes(&self, items: &[(Volume, Job)]) -> Result<()> {
+        self.write(|tx| {
+            for (v, j) in items {
+                insert_volume(tx, v)?;
+                insert_job(tx, j)?;
+            }
             Ok(())
         })
     }
@@ -735,6 +754,24 @@ impl Store {
                 "SELECT {ATTACHMENT_COLS} FROM attachments WHERE volume_id = ?1 ORDER BY attached_at, id"
             ))?;
             let rows = st.query_map([volume_id], attachment_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// The attachments of several volumes in one query (a list page), in
+    /// the same order per volume as `attachments`.
+    pub fn attachments_of(&self, volume_ids: &[&str]) -> Result<Vec<Attachment>> {
+        if volume_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::to_string(volume_ids)
+            .map_err(|e| StoreError::Corrupt(format!("volume ids as JSON: {e}")))?;
+        self.read(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {ATTACHMENT_COLS} FROM attachments WHERE volume_id IN \
+                 (SELECT value FROM json_each(?1)) ORDER BY attached_at, id"
+            ))?;
+            let rows = st.query_map([ids], attachment_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }

@@ -49,7 +49,7 @@ pub fn one(ctx: &Ctx, st: &CinderState, i: &VolumeInfo, status: StatusCode) -> R
 
 /// A name or description: a string of 0-255 characters, a number (taken
 /// as its digits), or null.
-fn text_field(m: &Map<String, Value>, keys: &[&str]) -> CResult<Option<String>> {
+pub fn text_field(m: &Map<String, Value>, keys: &[&str]) -> CResult<Option<String>> {
     let Some((k, v)) = keys.iter().find_map(|k| m.get(*k).map(|v| (*k, v))) else {
         return Ok(None);
     };
@@ -104,7 +104,7 @@ pub fn metadata_field(v: &Value) -> CResult<Vec<Tag>> {
     Ok(tags)
 }
 
-fn size_field(v: Option<&Value>) -> CResult<Option<u64>> {
+pub fn size_field(v: Option<&Value>) -> CResult<Option<u64>> {
     let bad = |v: &Value| {
         CinderError::invalid_input(format!(
             "Volume size '{}' must be an integer and greater than 0",
@@ -129,7 +129,7 @@ fn size_field(v: Option<&Value>) -> CResult<Option<u64>> {
     }
 }
 
-fn id_field(m: &Map<String, Value>, key: &str) -> CResult<Option<String>> {
+pub fn id_field(m: &Map<String, Value>, key: &str) -> CResult<Option<String>> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),

@@ -7,7 +7,7 @@ use crate::config::Credential;
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -85,7 +85,10 @@ impl AuthFailure {
 pub struct Verifier {
     creds: HashMap<String, Credential>,
     window_ms: i64,
-    seen: Mutex<HashMap<Vec<u8>, i64>>,
+    /// Accepted signatures by timestamp, oldest first, so the ones that
+    /// have left the window (and would be refused as stale anyway) are
+    /// dropped from the front in O(log n) each.
+    seen: Mutex<BTreeSet<(i64, [u8; 32])>>,
 }
 
 impl Verifier {
@@ -96,7 +99,7 @@ impl Verifier {
                 .map(|c| (c.access_key.clone(), c.clone()))
                 .collect(),
             window_ms: window_secs * 1000,
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -137,12 +140,14 @@ impl Verifier {
         mac.verify_slice(&given)
             .map_err(|_| AuthFailure::BadSignature)?;
 
+        // A verified HMAC-SHA256 is 32 bytes.
+        let given: [u8; 32] = given.try_into().map_err(|_| AuthFailure::BadSignature)?;
+        let oldest = now_ms - self.window_ms;
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() > 100_000 {
-            let oldest = now_ms - self.window_ms;
-            seen.retain(|_, t| *t >= oldest);
+        while seen.first().is_some_and(|(t, _)| *t < oldest) {
+            seen.pop_first();
         }
-        if seen.insert(given, ts).is_some() {
+        if !seen.insert((ts, given)) {
             return Err(AuthFailure::Replayed);
         }
         Ok(cred)
@@ -212,5 +217,26 @@ mod tests {
             v.verify(&req("http://h/x", &ts), &wrong, now).unwrap_err(),
             AuthFailure::BadSignature
         );
+    }
+
+    #[test]
+    fn signatures_that_leave_the_window_are_forgotten() {
+        let v = Verifier::new(&[cred()], 300);
+        let now = 1_800_000_000_000i64;
+        for k in 0..3 {
+            let ts = (now + k).to_string();
+            let r = req("http://h/v1/volumes", &ts);
+            assert!(v.verify(&r, &sign("secret-secret-secret", &r), now).is_ok());
+        }
+        assert_eq!(v.seen.lock().unwrap().len(), 3);
+        let later = now + 300_001;
+        let ts = later.to_string();
+        let r = req("http://h/v1/volumes", &ts);
+        assert!(
+            v.verify(&r, &sign("secret-secret-secret", &r), later)
+                .is_ok()
+        );
+        // The first one is outside the window now; the other two are not.
+        assert_eq!(v.seen.lock().unwrap().len(), 3);
     }
 }

@@ -472,7 +472,8 @@ struct CreateReqV1Dot2 {
     image_id: Option<String>,
 }
 
-fn create_request(body: &RawBody, ver: ApiVersion) -> Result<CreateVolume, ScpError> {
+/// Reads a volume create body as `ver` defines it (public for the fuzz targets).
+pub fn create_request(body: &RawBody, ver: ApiVersion) -> Result<CreateVolume, ScpError> {
     let r: CreateReqV1Dot2 = if ver.has_qos() {
         body.parse()?
     } else {
@@ -603,7 +604,8 @@ async fn show_volume(
     Ok(Json(views::volume(&d, ctx.version)))
 }
 
-fn list_query(raw: Option<&str>) -> Result<VolumeQuery, ScpError> {
+/// Reads the query of `GET /v1/volumes` (public for the fuzz targets).
+pub fn list_query(raw: Option<&str>) -> Result<VolumeQuery, ScpError> {
     let mut q = VolumeQuery::default();
     for (k, v) in query_pairs(raw, 50).map_err(ScpError::bad_request)? {
         if page_param(
@@ -1109,17 +1111,14 @@ async fn create_snapshot(
     Ok((StatusCode::ACCEPTED, Json(views::snapshot(&s))).into_response())
 }
 
-async fn list_snapshots(
-    State(st): State<Arc<ScpState>>,
-    Extension(ctx): Extension<Ctx>,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ScpError> {
+/// Reads the query of `GET /v1/snapshots` (public for the fuzz targets).
+pub fn snapshot_query(raw: Option<&str>, version: ApiVersion) -> Result<SnapshotQuery, ScpError> {
     let mut q = SnapshotQuery {
         limit: 20,
         with_count: true,
         ..Default::default()
     };
-    for (k, v) in query_pairs(raw.as_deref(), 50).map_err(ScpError::bad_request)? {
+    for (k, v) in query_pairs(raw, 50).map_err(ScpError::bad_request)? {
         if page_param(
             &k,
             &v,
@@ -1133,7 +1132,7 @@ async fn list_snapshots(
         match k.as_str() {
             "volume_id" => q.volume_id = Some(v).filter(|s| !s.is_empty()),
             "name" => q.name = Some(v),
-            "sort" if ctx.version >= ApiVersion::V1_3 => q.sort = parse_sort(&v)?,
+            "sort" if version >= ApiVersion::V1_3 => q.sort = parse_sort(&v)?,
             other => {
                 return Err(ScpError::bad_request(format!(
                     "{other}: unknown query parameter"
@@ -1141,6 +1140,15 @@ async fn list_snapshots(
             }
         }
     }
+    Ok(q)
+}
+
+async fn list_snapshots(
+    State(st): State<Arc<ScpState>>,
+    Extension(ctx): Extension<Ctx>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ScpError> {
+    let q = snapshot_query(raw.as_deref(), ctx.version)?;
     let page = st.svc.list_snapshots(&ctx.caller, q)?;
     Ok(Json(views::snapshot_list(&page.items, page.count)))
 }
