@@ -104,6 +104,7 @@ boot() { # socket name
     if [ "$(wc -l <"$SCRATCH/$2.out")" != 4 ] || ! grep -q '^GUEST-EXIT 0' "$SCRATCH/$2.log"; then
         echo "guest run $2 failed:" >&2; cat "$SCRATCH/$2.log" >&2; exit 1
     fi
+    grep "^QUEUE" "$SCRATCH/$2.log" | sed "s/^/  /"
     sed 's/^/  /' "$SCRATCH/$2.out"
 }
 
