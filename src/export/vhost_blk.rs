@@ -878,7 +878,7 @@ fn submit(
     // per inode, and the thread hop costs more than it saves. They go
     // through pwritev on this thread; reads and block-device writes use the
     // ring.
-    let on_ring = |p: &Pending| !(p.write && !shared.block_device);
+    let on_ring = |p: &Pending| !p.write || shared.block_device;
     let ringed = batch.iter().filter(|p| on_ring(p)).count();
     let mut results: Vec<io::Result<u64>> = Vec::with_capacity(batch.len());
     let mut used_uring = false;
