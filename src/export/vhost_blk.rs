@@ -873,9 +873,9 @@ fn submit(
         return;
     }
     let fd = shared.file.as_raw_fd();
-    // Buffered writes to a regular file have no non-blocking path in
-    // io_uring on ext4: each one is handed to a kernel worker, serialised
-    // per inode, and the thread hop costs more than it saves. They go
+    // A buffered write to a regular file that cannot complete without
+    // blocking is handed by io_uring to a kernel worker, serialised per
+    // inode, and the thread hop costs more than it saves. Such writes go
     // through pwritev on this thread; reads and block-device writes use the
     // ring.
     let on_ring = |p: &Pending| !p.write || shared.block_device;
