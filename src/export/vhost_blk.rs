@@ -873,14 +873,24 @@ fn submit(
         return;
     }
     let fd = shared.file.as_raw_fd();
+    // A buffered write to a regular file that cannot complete without
+    // blocking is handed by io_uring to a kernel worker, serialised per
+    // inode, and the thread hop costs more than it saves. Such writes go
+    // through pwritev on this thread; reads and block-device writes use the
+    // ring.
+    let on_ring = |p: &Pending| !p.write || shared.block_device;
+    let ringed = batch.iter().filter(|p| on_ring(p)).count();
     let mut results: Vec<io::Result<u64>> = Vec::with_capacity(batch.len());
     let mut used_uring = false;
-    if let Some(ring) = w.ring.as_mut() {
+    if let Some(ring) = w.ring.as_mut().filter(|_| ringed > 0) {
         results.resize_with(batch.len(), || Ok(0));
         let mut ok = true;
         {
             let mut sq = ring.submission();
             for (i, p) in batch.iter().enumerate() {
+                if !on_ring(p) {
+                    continue;
+                }
                 let e = if p.write {
                     io_uring::opcode::Writev::new(
                         io_uring::types::Fd(fd),
@@ -907,10 +917,10 @@ fn submit(
                 }
             }
         }
-        if ok && ring.submit_and_wait(batch.len()).is_ok() {
+        if ok && ring.submit_and_wait(ringed).is_ok() {
             used_uring = true;
             let mut got = 0;
-            while got < batch.len() {
+            while got < ringed {
                 let mut any = false;
                 for c in ring.completion() {
                     any = true;
@@ -924,7 +934,7 @@ fn submit(
                         };
                     }
                 }
-                if !any && ring.submit_and_wait(batch.len() - got).is_err() {
+                if !any && ring.submit_and_wait(ringed - got).is_err() {
                     break;
                 }
             }
@@ -937,7 +947,7 @@ fn submit(
         }
     }
     for (i, p) in batch.drain(..).enumerate() {
-        let r = if used_uring {
+        let r = if used_uring && on_ring(&p) {
             match &results[i] {
                 Ok(n) if *n == p.len => Ok(()),
                 // A short transfer: finish the rest with plain calls.

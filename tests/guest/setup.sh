@@ -10,6 +10,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${1:-${BLOCKD_GUEST_CACHE:-/var/cache/blockd-guest}}
 root=$cache/root
 mkdir -p "$cache/debs" "$root"
+# Tests run in parallel and the bench may run beside them: one setup at a
+# time, and the initramfs is replaced atomically under a booting guest.
+exec 9>"$cache/.lock"
+flock 9
 
 fetch() { # fetch PKG...: download and unpack packages not unpacked yet
   local p
@@ -72,8 +76,9 @@ if [ ! -s "$cache/vmlinux" ]; then
 fi
 
 # The initramfs: busybox, the virtio modules, init and the scenarios.
-ir=$cache/initramfs.d
-rm -rf "$ir"
+rm -rf "$cache/initramfs.d"
+ir=$(mktemp -d "$cache/initramfs.XXXXXX")
+trap 'rm -rf "$ir" "$ir.gz"' EXIT
 mkdir -p "$ir"/{bin,sbin,proc,sys,dev,tmp,lib/modules,scenarios}
 cp "$root/bin/busybox" "$ir/bin/busybox"
 for a in $("$ir/bin/busybox" --list); do [ "$a" = busybox ] || ln -sf busybox "$ir/bin/$a"; done
@@ -91,5 +96,6 @@ cc -O2 -static -o "$ir/bin/gio" "$here/gio.c"
 cp "$here/init" "$ir/init"
 cp "$here"/scenarios/*.sh "$ir/scenarios/"
 chmod +x "$ir/init" "$ir"/scenarios/*.sh
-(cd "$ir" && find . | "$root/bin/busybox" cpio -o -H newc 2>/dev/null | gzip -1) >"$cache/initramfs.gz"
+(cd "$ir" && find . | "$root/bin/busybox" cpio -o -H newc 2>/dev/null | gzip -1) >"$ir.gz"
+mv -f "$ir.gz" "$cache/initramfs.gz"
 echo "$cache"
