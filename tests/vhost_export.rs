@@ -97,6 +97,35 @@ async fn vhost_attach_listens_reports_capacity_grows_live_and_detaches() {
         .unwrap();
     assert_eq!(cap, 16 * GIB);
 
+    // A forced snapshot of the attached volume flushes its backing store
+    // (a socket is nothing to flush) and completes.
+    let r = c
+        .call(
+            Method::POST,
+            "/v1/snapshots",
+            Some(json!({"name": "s", "volume_id": id, "force": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let sid = r.body["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let s = c.get(&format!("/v1/snapshots/{sid}")).await;
+        match s.body["status"].as_str() {
+            Some("available") => break,
+            Some("creating") | None if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            _ => {
+                let b = c.get(&format!("/blockd/v1/volumes/{id}")).await;
+                panic!(
+                    "snapshot of a vhost-attached volume: {} / {}",
+                    s.text, b.text
+                );
+            }
+        }
+    }
+
     // A connected frontend makes detach fail as busy, not pretend.
     let s2 = sock.clone();
     let held = tokio::task::spawn_blocking(move || {

@@ -132,7 +132,10 @@ pub fn parse_request<M: GuestMemory>(mem: &M, descs: &[Desc]) -> Result<Request,
     }
     // The status byte is the last byte of the last descriptor; a last
     // descriptor longer than one byte also carries data (Windows drivers).
-    let status = last.addr + u64::from(last.len) - 1;
+    let status = last
+        .addr
+        .checked_add(u64::from(last.len) - 1)
+        .ok_or(ParseError::Memory)?;
     let mut data: Vec<Desc> = descs[1..descs.len() - 1].to_vec();
     if last.len > 1 {
         data.push(Desc {
@@ -790,7 +793,7 @@ fn handle(
             submit(w, shared, mem, batch, &mut done);
             PENDING_DONE.with(|p| p.borrow_mut().extend(done));
             let mut r = Ok(());
-            for (sector, n, unmap) in segs {
+            for (sector, n, _unmap) in segs {
                 let (Some(off), Some(l)) =
                     (sector.checked_mul(SECTOR), u64::from(n).checked_mul(SECTOR))
                 else {
@@ -799,7 +802,9 @@ fn handle(
                 if off.checked_add(l).is_none_or(|e| e > cap) {
                     return finish(VIRTIO_BLK_S_IOERR, 0);
                 }
-                let zero = req.op == Op::WriteZeroes && !unmap && shared.block_device;
+                // A discard of a block device need not read back as zeros,
+                // so write-zeroes always zeroes there, unmap or not.
+                let zero = req.op == Op::WriteZeroes && shared.block_device;
                 r = punch(shared, off, l, zero);
                 if r.is_err() {
                     break;
@@ -1099,7 +1104,7 @@ impl VhostExporter {
             .map_err(|e| ExportError::from_io("dup", &socket, e))?;
         let listener = Listener::from(ul);
         let s2 = Arc::clone(&shared);
-        let name = format!("vhost-{}", &stem[..stem.len().min(8)]);
+        let name = format!("vhost-{}", stem.chars().take(8).collect::<String>());
         let thread = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || serve(listener, s2, name))

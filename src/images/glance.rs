@@ -208,9 +208,13 @@ impl Glance {
         let detail: String = body.chars().take(300).collect();
         Err(match status.as_u16() {
             404 => ImageError::NotFound(id.to_string()),
-            400 | 409 | 413 => ImageError::Invalid(format!(
-                "Glance refused the request for image {id} ({status}): {detail}"
-            )),
+            400 | 409 | 413 => {
+                // Clients see the status only; Glance's own words go to the log.
+                tracing::warn!(image = %id, %status, detail = %detail, "Glance refused a request");
+                ImageError::Invalid(format!(
+                    "Glance refused the request for image {id} ({status})"
+                ))
+            }
             401 | 403 => ImageError::Unavailable(format!(
                 "Glance does not allow access to image {id} ({status})"
             )),

@@ -3,7 +3,7 @@
 //! that go with it, an admin's status reset, clones of whole volumes, and
 //! quota limits set at run time.
 
-use super::snapshots::{file_of, flush, grow_and_commit};
+use super::snapshots::{file_of, flush_export, grow_and_commit};
 use super::{Caller, JobParams, Result, Service, ServiceError, VolumeDetail, not_found};
 use crate::backend::{VolumeBackend, temp_path};
 use crate::config::{QuotaLimits, QuotaOverride};
@@ -134,7 +134,7 @@ impl Service {
         }
         let src = file_of(backend.location(src_id), "source volume")?;
         if let Ok(Some(x)) = self.store.export(src_id) {
-            flush(std::path::Path::new(&x.host_path))?;
+            flush_export(&x, &src)?;
         }
         let dst = file_of(backend.location(dst_id), "volume")?;
         let tmp = if in_place {

@@ -9,7 +9,7 @@
 //! same image is copied from there, verified chunk by chunk. The caller's
 //! token is kept in memory only, for its job.
 
-use super::snapshots::{file_of, flush, grow_and_commit};
+use super::snapshots::{file_of, flush_export, grow_and_commit};
 use super::{
     Caller, GIB, JobParams, Result, Service, ServiceError, UPDATABLE, VolumeDetail, not_found,
     reason,
@@ -235,7 +235,7 @@ impl Service {
             ));
         }
         let need = img.virtual_size.or(img.size).unwrap_or(0);
-        if need > size_gib * GIB {
+        if need > size_gib.saturating_mul(GIB) {
             return Err(ServiceError::invalid(
                 "size",
                 format!(
@@ -578,7 +578,7 @@ impl Service {
         let run = || -> std::result::Result<(), ImageError> {
             let src = file_of(backend.location(volume_id), "volume").map_err(ImageError::Tool)?;
             if let Ok(Some(x)) = self.store.export(volume_id) {
-                flush(Path::new(&x.host_path)).map_err(ImageError::Tool)?;
+                flush_export(&x, &src).map_err(ImageError::Tool)?;
             }
             if disk_format == "qcow2" {
                 let q = TempFile::new(

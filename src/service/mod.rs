@@ -503,7 +503,7 @@ impl Service {
             return Ok(());
         }
         let cap = b.capacity()?;
-        if gib * GIB > cap.free {
+        if gib.saturating_mul(GIB) > cap.free {
             return Err(ServiceError::NoCapacity(format!(
                 "backend {} has {} GiB free of {} GiB; {gib} GiB more do not fit",
                 vt.backend,
@@ -633,7 +633,17 @@ impl Service {
         if let Some(img) = &req.image {
             self.check_image_fits(&img.image, req.size_gib)?;
         }
-        self.backend(&vt.backend)?;
+        let b = self.backend(&vt.backend)?;
+        if req.image.is_some() && b.in_place() {
+            return Err(ServiceError::invalid(
+                "image",
+                format!(
+                    "volume type {} keeps its volumes on backend {}, which cannot be filled \
+                     from an image yet; use a file-backed type",
+                    vt.name, vt.backend
+                ),
+            ));
+        }
         if let Some(sid) = &req.snapshot_id
             && let Ok(snap) = self.store.get_snapshot(None, sid)
         {

@@ -64,6 +64,20 @@ pub(super) fn grow_and_commit(
     grown
 }
 
+/// Flushes what an attached volume's guest writes through before a copy
+/// reads `src`: the loop device, or for vhost-user-blk (whose guest I/O
+/// goes straight to the backing store) `src` itself.
+pub(super) fn flush_export(
+    x: &crate::store::Export,
+    src: &Path,
+) -> std::result::Result<(), String> {
+    if x.kind == crate::export::vhost_blk::KIND {
+        flush(src)
+    } else {
+        flush(Path::new(&x.host_path))
+    }
+}
+
 /// Flushes a file or device to stable storage.
 pub(super) fn flush(path: &Path) -> std::result::Result<(), String> {
     std::fs::File::open(path)
@@ -348,7 +362,7 @@ impl Service {
         if v.state == VolumeState::InUse {
             flush(&src)?;
             if let Ok(Some(x)) = self.store.export(&v.id) {
-                flush(Path::new(&x.host_path))?;
+                flush_export(&x, &src)?;
             }
             if let Some(pit) = backend.begin_live_copy(&v.id).map_err(|e| reason(&e))? {
                 src = file_of(Some(pit), "point-in-time source")?;

@@ -231,7 +231,9 @@ pub struct VolumeView {
 /// The detail view at the negotiated microversion.
 pub fn volume_detail(ctx: &Ctx, zone: &str, i: &VolumeInfo) -> Value {
     let v = &i.detail.volume;
-    let host = "blockd@file#file";
+    // Cinder's host@backend#pool.
+    let host = format!("blockd@{0}#{0}", v.backend);
+    let host = host.as_str();
     let admin = ctx.caller.admin;
     let at = |m: mv::Microversion| ctx.at_least(m);
     let view = VolumeView {
