@@ -885,11 +885,12 @@ fn submit(
     // ring.
     let on_ring = |p: &Pending| !p.write || shared.block_device;
     let ringed = batch.iter().filter(|p| on_ring(p)).count();
-    let mut results: Vec<io::Result<u64>> = Vec::with_capacity(batch.len());
-    let mut used_uring = false;
+    // Per request: its ring completion, if it went through the ring.
+    let mut results: Vec<Option<io::Result<u64>>> = (0..batch.len()).map(|_| None).collect();
+    let mut queued = vec![false; batch.len()];
+    let mut broken = false;
     if let Some(ring) = w.ring.as_mut().filter(|_| ringed > 0) {
-        results.resize_with(batch.len(), || Ok(0));
-        let mut ok = true;
+        let mut pushed = 0;
         {
             let mut sq = ring.submission();
             for (i, p) in batch.iter().enumerate() {
@@ -917,52 +918,61 @@ fn submit(
                 // SAFETY: the iovecs and the guest memory they point at live
                 // until every completion is reaped below.
                 if unsafe { sq.push(&e) }.is_err() {
-                    ok = false;
+                    // The ring is full: the rest go through plain calls.
                     break;
                 }
+                queued[i] = true;
+                pushed += 1;
             }
         }
-        if ok && ring.submit_and_wait(ringed).is_ok() {
-            used_uring = true;
-            let mut got = 0;
-            while got < ringed {
-                let mut any = false;
-                for c in ring.completion() {
-                    any = true;
-                    got += 1;
-                    let i = c.user_data() as usize;
-                    if i < results.len() {
-                        results[i] = if c.result() < 0 {
-                            Err(io::Error::from_raw_os_error(-c.result()))
-                        } else {
-                            Ok(c.result() as u64)
-                        };
-                    }
+        // Every queued request is reaped before its memory is given back:
+        // interrupted waits are retried, and a ring that fails for good
+        // fails its requests rather than redoing them while they may
+        // still be in flight.
+        let mut got = 0;
+        while got < pushed {
+            let waited = loop {
+                match ring.submit_and_wait(pushed - got) {
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY)
+                        ) => {}
+                    other => break other,
                 }
-                if !any && ring.submit_and_wait(ringed - got).is_err() {
-                    break;
+            };
+            if waited.is_err() {
+                broken = true;
+                break;
+            }
+            for c in ring.completion() {
+                let i = c.user_data() as usize;
+                if i < results.len() && results[i].is_none() {
+                    got += 1;
+                    results[i] = Some(if c.result() < 0 {
+                        Err(io::Error::from_raw_os_error(-c.result()))
+                    } else {
+                        Ok(c.result() as u64)
+                    });
                 }
             }
-        } else {
-            // Drain anything submitted so that no operation is left in
-            // flight over memory we are about to give back.
-            let _ = ring.submit_and_wait(0);
-            w.ring = None;
-            results.clear();
         }
     }
+    if broken {
+        tracing::warn!("vhost-user-blk: io_uring failed; this worker goes on with preadv/pwritev");
+        w.ring = None;
+    }
     for (i, p) in batch.drain(..).enumerate() {
-        let r = if used_uring && on_ring(&p) {
-            match &results[i] {
-                Ok(n) if *n == p.len => Ok(()),
-                // A short transfer: finish the rest with plain calls.
-                Ok(n) => rw_all(fd, p.write, &p.iovs, p.offset, *n),
-                Err(e) => Err(io::Error::from_raw_os_error(
-                    e.raw_os_error().unwrap_or(libc::EIO),
-                )),
-            }
-        } else {
-            rw_all(fd, p.write, &p.iovs, p.offset, 0)
+        let r = match results[i].take() {
+            Some(Ok(n)) if n == p.len => Ok(()),
+            // A short transfer: finish the rest with plain calls.
+            Some(Ok(n)) => rw_all(fd, p.write, &p.iovs, p.offset, n),
+            Some(Err(e)) => Err(io::Error::from_raw_os_error(
+                e.raw_os_error().unwrap_or(libc::EIO),
+            )),
+            // Queued on a ring that broke: its fate is unknown, so it fails.
+            None if queued[i] => Err(io::Error::from_raw_os_error(libc::EIO)),
+            None => rw_all(fd, p.write, &p.iovs, p.offset, 0),
         };
         if let Err(e) = &r {
             tracing::warn!(error = %e, offset = p.offset, write = p.write, "vhost-user-blk: I/O error");
