@@ -385,6 +385,17 @@ async fn lifecycle(t: Tier) {
             .await
             .unwrap();
         assert_eq!(cinder.status(), StatusCode::CONFLICT);
+        // So is a clone of it, before any volume is made.
+        let before = c.get("/v1/volumes?limit=100").await.body["volumes"].clone();
+        let clone = reqwest::Client::new()
+            .post(format!("http://{}/v3/project-a/volumes", d.cinder_addr))
+            .header("X-Auth-Token", "user-a:project-a")
+            .json(&json!({"volume": {"source_volid": id, "size": 8}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(clone.status(), StatusCode::CONFLICT);
+        assert_eq!(c.get("/v1/volumes?limit=100").await.body["volumes"], before);
     } else {
         assert_eq!(st, StatusCode::ACCEPTED, "{body}");
         let sid = body["id"].as_str().unwrap().to_string();
