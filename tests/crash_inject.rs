@@ -18,7 +18,7 @@ use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,22 +52,14 @@ impl Rng {
     }
 }
 
-/// The pattern a volume written by the test holds: blake3's output
-/// stream keyed by the id of the volume it was first written to.
+/// The pattern a volume written by the test holds, keyed by the id of
+/// the volume it was first written to.
 fn pattern(origin: &str) -> Vec<u8> {
-    let mut out = vec![0u8; PATTERN];
-    blake3::Hasher::new()
-        .update(origin.as_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
+    common::crash::pattern(origin, PATTERN)
 }
 
 fn head(path: &Path) -> Vec<u8> {
-    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
-    let mut buf = vec![0u8; PATTERN];
-    f.read_exact(&mut buf).unwrap();
-    buf
+    common::crash::head(path, PATTERN)
 }
 
 /// What the test knows: for each volume and snapshot, whose pattern its

@@ -31,7 +31,7 @@ mod points {
     use blockd::clock::OffsetClock;
     use reqwest::{Method, StatusCode};
     use serde_json::{Value, json};
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::os::unix::process::ExitStatusExt;
     use std::path::Path;
     use std::sync::Arc;
@@ -40,12 +40,7 @@ mod points {
     const DATA: usize = 4 << 20;
 
     fn data(tag: &str) -> Vec<u8> {
-        let mut out = vec![0u8; DATA];
-        blake3::Hasher::new()
-            .update(tag.as_bytes())
-            .finalize_xof()
-            .fill(&mut out);
-        out
+        super::common::crash::pattern(tag, DATA)
     }
 
     fn write_head(w: &World, id: &str, bytes: &[u8]) {
@@ -57,14 +52,8 @@ mod points {
         f.sync_all().unwrap();
     }
 
-    /// The first `DATA` bytes only: the volumes are 8-16 GiB sparse files,
-    /// and reading them whole would fill memory.
     fn read_head(path: &std::path::Path) -> Vec<u8> {
-        let mut b = Vec::with_capacity(DATA);
-        if let Ok(f) = std::fs::File::open(path) {
-            let _ = f.take(DATA as u64).read_to_end(&mut b);
-        }
-        b
+        super::common::crash::head(path, DATA)
     }
 
     fn world(dir: &tempfile::TempDir) -> World {

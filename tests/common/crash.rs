@@ -7,6 +7,28 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// `len` bytes of blake3's output stream keyed by `tag`: data no two tags
+/// share, so a volume's first bytes say whose data it holds.
+pub fn pattern(tag: &str, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(tag.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+/// The first `len` bytes of a file or device. Volumes are sparse files of
+/// 8 GiB and more, so they are never read whole.
+pub fn head(path: &Path, len: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("read {len} bytes of {path:?}: {e}"));
+    buf
+}
+
 pub struct World {
     pub dir: PathBuf,
     pub port: u16,
