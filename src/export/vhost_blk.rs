@@ -1478,6 +1478,23 @@ mod unit {
         RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
     }
 
+    /// Puts `descs` on a ready 16-entry queue in `m`, runs one worker over
+    /// it, and returns the used ring's address.
+    fn run_queue(m: &Mem, descs: &[RawDescriptor], shared: &Shared) -> u64 {
+        let q = MockSplitQueue::new(m, 16);
+        q.add_desc_chains(descs, 0).unwrap();
+        let atomic = GuestMemoryAtomic::new(m.clone());
+        let vring = VringRwLock::new(atomic.clone(), 16).unwrap();
+        vring
+            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
+            .unwrap();
+        vring.set_queue_size(16);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        process_vring(&mut Worker::new(), shared, &atomic, &vring);
+        q.used_addr().0
+    }
+
     #[test]
     fn queue_handling_writes_reads_flushes_and_answers_get_id() {
         use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -1495,7 +1512,6 @@ mod unit {
         shared.capacity.store(1 << 20, Ordering::Release);
 
         let m = mem();
-        let q = MockSplitQueue::new(&m, 16);
         let n = VRING_DESC_F_NEXT as u16;
         let w = VRING_DESC_F_WRITE as u16;
         // write 4 KiB of 0xab at sector 8; read it back; flush; get-id.
@@ -1518,19 +1534,9 @@ mod unit {
             raw(0x15_4000, 20, n | w, 10),
             raw(0x15_8000, 1, w, 0),
         ];
-        q.add_desc_chains(&descs, 0).unwrap();
-        let atomic = GuestMemoryAtomic::new(m.clone());
-        let vring = VringRwLock::new(atomic.clone(), 16).unwrap();
-        vring
-            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
-            .unwrap();
-        vring.set_queue_size(16);
-        vring.set_queue_ready(true);
-        vring.set_enabled(true);
-        let mut worker = Worker::new();
-        process_vring(&mut worker, &shared, &atomic, &vring);
+        let used = run_queue(&m, &descs, &shared);
 
-        let used_idx: u16 = m.read_obj(GuestAddress(q.used_addr().0 + 2)).unwrap();
+        let used_idx: u16 = m.read_obj(GuestAddress(used + 2)).unwrap();
         assert_eq!(used_idx, 4, "every request completed");
         for st in [0x11_8000u64, 0x13_8000, 0x14_8000, 0x15_8000] {
             let s: u8 = m.read_obj(GuestAddress(st)).unwrap();
@@ -1556,7 +1562,6 @@ mod unit {
         let shared = Shared::new(f, &path, false, true);
         shared.capacity.store(1 << 16, Ordering::Release);
         let m = mem();
-        let q = MockSplitQueue::new(&m, 16);
         let n = VRING_DESC_F_NEXT as u16;
         let w = VRING_DESC_F_WRITE as u16;
         header(&m, 0x10_0000, VIRTIO_BLK_T_OUT, 0);
@@ -1569,16 +1574,7 @@ mod unit {
             raw(0x13_0000, 512, n | w, 5),
             raw(0x13_8000, 1, w, 0),
         ];
-        q.add_desc_chains(&descs, 0).unwrap();
-        let atomic = GuestMemoryAtomic::new(m.clone());
-        let vring = VringRwLock::new(atomic.clone(), 16).unwrap();
-        vring
-            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
-            .unwrap();
-        vring.set_queue_size(16);
-        vring.set_queue_ready(true);
-        vring.set_enabled(true);
-        process_vring(&mut Worker::new(), &shared, &atomic, &vring);
+        run_queue(&m, &descs, &shared);
         for st in [0x11_8000u64, 0x13_8000] {
             let s: u8 = m.read_obj(GuestAddress(st)).unwrap();
             assert_eq!(u32::from(s), VIRTIO_BLK_S_IOERR, "status at {st:#x}");
