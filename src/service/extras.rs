@@ -103,11 +103,7 @@ impl Service {
                 format!("volume {src} is {}, not available", v.state),
             ));
         }
-        if v.state == VolumeState::InUse
-            && let Some(why) = self.backend(&v.backend)?.live_copy_refused()
-        {
-            return Err(ServiceError::Busy(format!("volume {src} is in use: {why}")));
-        }
+        self.refuse_live_copy(&v)?;
         if size_gib < v.size_gib {
             return Err(ServiceError::invalid(
                 "size",

@@ -473,11 +473,7 @@ impl Service {
                 }
             )));
         }
-        if v.state == VolumeState::InUse
-            && let Some(why) = self.backend(&v.backend)?.live_copy_refused()
-        {
-            return Err(ServiceError::Busy(format!("volume {id} is in use: {why}")));
-        }
+        self.refuse_live_copy(&v)?;
         if !matches!(req.disk_format.as_str(), "raw" | "qcow2") {
             return Err(ServiceError::invalid(
                 "disk_format",

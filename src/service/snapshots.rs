@@ -86,6 +86,20 @@ pub(super) fn flush(path: &Path) -> std::result::Result<(), String> {
 }
 
 impl Service {
+    /// Refuses (409) a copy of an in-use volume whose backend cannot give
+    /// a point-in-time source, before anything is made.
+    pub(super) fn refuse_live_copy(&self, v: &crate::store::model::Volume) -> Result<()> {
+        if v.state == VolumeState::InUse
+            && let Some(why) = self.backend(&v.backend)?.live_copy_refused()
+        {
+            return Err(ServiceError::Busy(format!(
+                "volume {} is in use: {why}",
+                v.id
+            )));
+        }
+        Ok(())
+    }
+
     pub(super) fn copying_snapshot(&self, volume_id: &str) -> Result<bool> {
         Ok(self
             .store
@@ -104,14 +118,7 @@ impl Service {
             .store
             .get_volume(caller.scope(), &req.volume_id)
             .map_err(not_found(&req.volume_id))?;
-        if v.state == VolumeState::InUse
-            && let Some(why) = self.backend(&v.backend)?.live_copy_refused()
-        {
-            return Err(ServiceError::Busy(format!(
-                "volume {} is in use: {why}",
-                v.id
-            )));
-        }
+        self.refuse_live_copy(&v)?;
         if v.state == VolumeState::InUse && !req.force {
             return Err(ServiceError::Conflict(format!(
                 "volume {} is in use; pass force=true to snapshot it",
