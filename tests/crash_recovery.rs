@@ -58,11 +58,20 @@ async fn sigkill_with_jobs_in_flight_then_restart_finishes_them() {
     // Phase 2: every job waits 5 s before working; kill while they wait.
     let cfg = write_config(dir.path(), port, 5000);
     let mut p = spawn(&cfg, port).await;
+    // One fresh volume is fully allocated when the disk has room for it.
+    let thick = room_for(
+        dir.path(),
+        8 * GIB,
+        "the provisioned volume of the crash test",
+    );
     let mut fresh = Vec::new();
     for i in 0..3 {
-        let vtype = if i == 0 { "SSD_Provisioned" } else { "SSD" };
-        let v = c.create(&format!("new{i}"), 16, Some(vtype)).await;
-        fresh.push(v["id"].as_str().unwrap().to_string());
+        let (vtype, size) = match i {
+            0 if thick => ("SSD_Provisioned", 8),
+            _ => ("SSD", 16),
+        };
+        let v = c.create(&format!("new{i}"), size, Some(vtype)).await;
+        fresh.push((v["id"].as_str().unwrap().to_string(), size));
     }
     let r = c
         .call(
@@ -85,7 +94,7 @@ async fn sigkill_with_jobs_in_flight_then_restart_finishes_them() {
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     let snap = r.body["id"].as_str().unwrap().to_string();
-    for id in &fresh {
+    for (id, _) in &fresh {
         assert_eq!(
             c.get(&format!("/v1/volumes/{id}")).await.body["state"],
             "creating"
@@ -94,7 +103,7 @@ async fn sigkill_with_jobs_in_flight_then_restart_finishes_them() {
     p.0.kill().unwrap(); // SIGKILL
     p.0.wait().unwrap();
     drop(p);
-    for id in &fresh {
+    for (id, _) in &fresh {
         assert!(
             !vols.join(format!("{id}.img")).exists(),
             "job ran before the kill"
@@ -104,11 +113,11 @@ async fn sigkill_with_jobs_in_flight_then_restart_finishes_them() {
     // Phase 3: restart; recovery resumes every job.
     let cfg = write_config(dir.path(), port, 0);
     let _p = spawn(&cfg, port).await;
-    for id in &fresh {
+    for (id, size) in &fresh {
         let v = c.wait(id, &["available", "error"]).await;
         assert_eq!(v["state"], "available", "{v}");
         let m = std::fs::metadata(vols.join(format!("{id}.img"))).unwrap();
-        assert_eq!(m.len(), 16 * GIB);
+        assert_eq!(m.len(), size * GIB);
     }
     let v = c.wait(&keep, &["available", "error_extending"]).await;
     assert_eq!(v["size"], 24);

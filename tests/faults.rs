@@ -20,11 +20,6 @@ use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 
-fn free_bytes(p: &Path) -> u64 {
-    let s = nix::sys::statvfs::statvfs(p).unwrap();
-    s.blocks_available() as u64 * s.fragment_size() as u64
-}
-
 fn fallocate(f: &std::fs::File, off: u64, len: u64) -> nix::Result<()> {
     nix::fcntl::fallocate(
         f.as_fd(),

@@ -434,11 +434,6 @@ fn leftovers(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn free_bytes(p: &Path) -> u64 {
-    let s = nix::sys::statvfs::statvfs(p).unwrap();
-    s.blocks_available() as u64 * s.fragment_size() as u64
-}
-
 #[tokio::test]
 async fn loop_enospc_mid_copy_errors_frees_space_and_keeps_the_source() {
     let d = match TestDaemon::start_on_small_fs(200 * MIB).await {

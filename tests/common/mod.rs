@@ -15,6 +15,29 @@ use std::time::Duration;
 
 pub const GIB: u64 = 1 << 30;
 
+/// Bytes free to an unprivileged writer on the filesystem holding `p`.
+pub fn free_bytes(p: &Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(p).unwrap();
+    s.blocks_available() as u64 * s.fragment_size() as u64
+}
+
+/// Whether the filesystem holding `p` has `need` bytes free with 1 GiB to
+/// spare. If not, it says so on stderr, so a test that skips a part for
+/// want of disk does so loudly.
+pub fn room_for(p: &Path, need: u64, what: &str) -> bool {
+    let free = free_bytes(p);
+    if free >= need + GIB {
+        return true;
+    }
+    eprintln!(
+        "SKIPPING {what}: it needs {} MiB free on {} and only {} MiB are",
+        (need + GIB) >> 20,
+        p.display(),
+        free >> 20
+    );
+    false
+}
+
 pub fn cred(n: &str) -> Credential {
     Credential {
         access_key: format!("ak-{n}"),
