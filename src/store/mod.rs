@@ -187,6 +187,47 @@ pub enum TagChange {
     Delete(String),
 }
 
+/// The triggers that keep `row_counts` for table `$t` (migration 7).
+macro_rules! count_triggers {
+    ($t:literal) => {
+        concat!(
+            "CREATE TRIGGER ",
+            $t,
+            "_count_insert AFTER INSERT ON ",
+            $t,
+            " BEGIN
+                INSERT INTO row_counts (tbl, project_id, n) VALUES ('",
+            $t,
+            "', NEW.project_id, 1)
+                    ON CONFLICT (tbl, project_id) DO UPDATE SET n = n + 1;
+            END;
+            CREATE TRIGGER ",
+            $t,
+            "_count_delete AFTER DELETE ON ",
+            $t,
+            " BEGIN
+                UPDATE row_counts SET n = n - 1 WHERE tbl = '",
+            $t,
+            "' AND project_id = OLD.project_id;
+            END;
+            CREATE TRIGGER ",
+            $t,
+            "_count_move AFTER UPDATE OF project_id ON ",
+            $t,
+            "
+            WHEN OLD.project_id IS NOT NEW.project_id BEGIN
+                UPDATE row_counts SET n = n - 1 WHERE tbl = '",
+            $t,
+            "' AND project_id = OLD.project_id;
+                INSERT INTO row_counts (tbl, project_id, n) VALUES ('",
+            $t,
+            "', NEW.project_id, 1)
+                    ON CONFLICT (tbl, project_id) DO UPDATE SET n = n + 1;
+            END;"
+        )
+    };
+}
+
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
     r#"
@@ -330,6 +371,25 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE exports ADD COLUMN read_only INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 7: row counts per project for volumes and snapshots, kept by
+    // triggers in the same transaction as the change, so an unfiltered
+    // counted list does not scan every row of the project.
+    concat!(
+        r#"
+    CREATE TABLE row_counts (
+        tbl TEXT NOT NULL,
+        project_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (tbl, project_id)
+    ) WITHOUT ROWID;
+    INSERT INTO row_counts (tbl, project_id, n)
+        SELECT 'volumes', project_id, COUNT(*) FROM volumes GROUP BY project_id;
+    INSERT INTO row_counts (tbl, project_id, n)
+        SELECT 'snapshots', project_id, COUNT(*) FROM snapshots GROUP BY project_id;
+    "#,
+        count_triggers!("volumes"),
+        count_triggers!("snapshots"),
+    ),
 ];
 
 pub struct Store {
@@ -578,6 +638,36 @@ fn get_volume_in(c: &Connection, project: Option<&str>, id: &str) -> Result<Volu
     v.ok_or(StoreError::NotFound)
 }
 
+/// The number of rows of `tbl` in `project` (or in all projects), as the
+/// triggers of migration 7 keep it.
+fn kept_count(c: &Connection, tbl: &str, project: Option<&str>) -> Result<u64> {
+    let n: i64 = match project {
+        Some(p) => c
+            .prepare_cached("SELECT n FROM row_counts WHERE tbl = ?1 AND project_id = ?2")?
+            .query_row(params![tbl, p], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0),
+        None => c
+            .prepare_cached("SELECT COALESCE(SUM(n), 0) FROM row_counts WHERE tbl = ?1")?
+            .query_row(params![tbl], |r| r.get(0))?,
+    };
+    Ok(n.max(0) as u64)
+}
+
+/// Settings every connection gets. The query planner stability guarantee
+/// keeps a cached statement's plan independent of its bound values:
+/// without it SQLite re-parses some cached statements (those with an ORDER
+/// BY, for one) on every run, which cost more than running them.
+fn configure(c: &Connection) -> Result<()> {
+    c.busy_timeout(std::time::Duration::from_secs(5))?;
+    c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    c.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Store> {
@@ -589,8 +679,7 @@ impl Store {
                 rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
                     | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
-            r.busy_timeout(std::time::Duration::from_secs(5))?;
-            r.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            configure(&r)?;
             store.readers.push(Mutex::new(r));
         }
         Ok(store)
@@ -603,7 +692,7 @@ impl Store {
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        configure(&conn)?;
         let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version != MIGRATIONS.len() {
             return Err(StoreError::Corrupt(format!(
@@ -619,8 +708,7 @@ impl Store {
     }
 
     fn init(mut conn: Connection) -> Result<Store> {
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        configure(&conn)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if mode != "wal" && mode != "memory" {
             return Err(StoreError::Corrupt(format!(
@@ -986,15 +1074,15 @@ impl Store {
                     filter += &format!(" AND {col} = ?{}", args.len());
                 }
             }
-            let count = if q.with_count {
-                Some(
+            let count = match (q.with_count, q.filters_project_only()) {
+                (false, _) => None,
+                (true, true) => Some(kept_count(c, "snapshots", q.project_id.as_deref())?),
+                (true, false) => Some(
                     c.prepare_cached(&format!("SELECT COUNT(*) FROM snapshots{filter}"))?
                         .query_row(rusqlite::params_from_iter(args.iter()), |r| {
                             r.get::<_, u64>(0)
                         })?,
-                )
-            } else {
-                None
+                ),
             };
             let mut keys: Vec<(&str, SortDir)> = q
                 .sort
@@ -1295,16 +1383,18 @@ impl Store {
                     args.len()
                 );
             }
-            let count = if q.with_count {
-                let sql = format!("SELECT COUNT(*) FROM volumes{filter}");
-                Some(
-                    c.prepare_cached(&sql)?
-                        .query_row(rusqlite::params_from_iter(args.iter()), |r| {
-                            r.get::<_, u64>(0)
-                        })?,
-                )
-            } else {
-                None
+            let count = match (q.with_count, q.filters_project_only()) {
+                (false, _) => None,
+                (true, true) => Some(kept_count(c, "volumes", q.project_id.as_deref())?),
+                (true, false) => {
+                    let sql = format!("SELECT COUNT(*) FROM volumes{filter}");
+                    Some(
+                        c.prepare_cached(&sql)?
+                            .query_row(rusqlite::params_from_iter(args.iter()), |r| {
+                                r.get::<_, u64>(0)
+                            })?,
+                    )
+                }
             };
 
             let mut keys = q.sort.clone();
@@ -1808,6 +1898,86 @@ mod tests {
             let expect: Vec<String> = all.items.into_iter().map(|v| v.id).collect();
             assert_eq!(seen, expect, "sort {sort:?}");
         }
+    }
+
+    #[test]
+    fn cached_statements_are_not_parsed_again_on_each_run() {
+        let (_d, s) = store();
+        for i in 0..30 {
+            let v = vol(&format!("v{i}"), "p", "n", 8, "t");
+            s.create_volume(&v, &[], &job(&format!("j{i}"), &v.id), &BIG)
+                .unwrap();
+        }
+        for i in 0..30 {
+            let id = format!("v{i}");
+            s.get_volume(Some("p"), &id).unwrap();
+            s.attachments(&id).unwrap();
+            s.image_metadata(&id).unwrap();
+        }
+        let sqls = [
+            format!("SELECT {VOLUME_COLS} FROM volumes WHERE id = ?1 AND project_id = ?2"),
+            format!(
+                "SELECT {ATTACHMENT_COLS} FROM attachments WHERE volume_id = ?1 ORDER BY attached_at, id"
+            ),
+            "SELECT key, value FROM volume_image_metadata WHERE volume_id = ?1 ORDER BY key".into(),
+        ];
+        let mut runs = 0;
+        for r in &s.readers {
+            let c = r.lock().unwrap();
+            for sql in &sqls {
+                let st = c.prepare_cached(sql).unwrap();
+                runs += st.get_status(rusqlite::StatementStatus::Run);
+                let again = st.get_status(rusqlite::StatementStatus::RePrepare);
+                assert_eq!(again, 0, "{sql} was parsed again {again} times");
+            }
+        }
+        assert!(runs >= 90, "the statements ran {runs} times");
+    }
+
+    #[test]
+    fn kept_counts_follow_inserts_deletes_and_moves() {
+        let (_d, s) = store();
+        for i in 0..7 {
+            let p = if i < 5 { "p" } else { "q" };
+            let v = vol(&format!("v{i}"), p, "n", 8, "t");
+            s.create_volume(&v, &[], &job(&format!("j{i}"), &v.id), &BIG)
+                .unwrap();
+        }
+        s.with(|c| {
+            c.execute("DELETE FROM volumes WHERE id = 'v0'", [])?;
+            c.execute("UPDATE volumes SET project_id = 'q' WHERE id = 'v1'", [])?;
+            c.execute("UPDATE volumes SET name = 'm' WHERE id = 'v2'", [])?;
+            Ok(())
+        })
+        .unwrap();
+        for project in [Some("p"), Some("q"), Some("none"), None] {
+            let kept = s
+                .list_volumes(&VolumeQuery {
+                    project_id: project.map(String::from),
+                    ..Default::default()
+                })
+                .unwrap()
+                .count;
+            let scanned: u64 = s
+                .with(|c| {
+                    Ok(c.query_row(
+                        "SELECT COUNT(*) FROM volumes WHERE ?1 IS NULL OR project_id = ?1",
+                        [project],
+                        |r| r.get(0),
+                    )?)
+                })
+                .unwrap();
+            assert_eq!(kept, Some(scanned), "project {project:?}");
+        }
+        // A filter other than the project counts the rows it matches.
+        let named = s
+            .list_volumes(&VolumeQuery {
+                project_id: Some("p".into()),
+                name: Some("m".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(named.count, Some(1));
     }
 
     #[test]

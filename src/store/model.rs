@@ -300,6 +300,49 @@ pub struct VolumeQuery {
     pub with_count: bool,
 }
 
+impl VolumeQuery {
+    /// Whether the query narrows by project alone. Every field is named so
+    /// that a new filter cannot be missed here.
+    pub fn filters_project_only(&self) -> bool {
+        let VolumeQuery {
+            project_id: _,
+            name,
+            state,
+            bootable,
+            tags,
+            conditions,
+            sort: _,
+            limit: _,
+            offset: _,
+            marker: _,
+            with_count: _,
+        } = self;
+        name.is_none()
+            && state.is_none()
+            && bootable.is_none()
+            && tags.is_empty()
+            && conditions.is_empty()
+    }
+}
+
+impl SnapshotQuery {
+    /// Whether the query narrows by project alone (see `VolumeQuery`).
+    pub fn filters_project_only(&self) -> bool {
+        let SnapshotQuery {
+            project_id: _,
+            volume_id,
+            name,
+            status,
+            sort: _,
+            limit: _,
+            offset: _,
+            marker: _,
+            with_count: _,
+        } = self;
+        volume_id.is_none() && name.is_none() && status.is_none()
+    }
+}
+
 impl Default for VolumeQuery {
     fn default() -> Self {
         VolumeQuery {

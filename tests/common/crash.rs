@@ -137,6 +137,19 @@ pub async fn check_store(w: &World, ctx: &str) {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(ok, "ok", "{ctx}");
+    // The kept per-project counts agree with the rows.
+    for tbl in ["volumes", "snapshots"] {
+        let drift = w.strings(&format!(
+            "SELECT COALESCE(a.p, k.p) FROM \
+             (SELECT project_id AS p, COUNT(*) AS n FROM {tbl} GROUP BY project_id) a \
+             FULL JOIN (SELECT project_id AS p, n FROM row_counts WHERE tbl = '{tbl}' AND n != 0) k \
+             ON a.p = k.p WHERE a.n IS NOT k.n"
+        ));
+        assert!(
+            drift.is_empty(),
+            "{ctx}: kept {tbl} counts drift for {drift:?}"
+        );
+    }
 
     // Rows and files match one to one.
     let rows: BTreeSet<String> = w.strings("SELECT id FROM volumes").into_iter().collect();
