@@ -109,6 +109,18 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    /// The daemon's peak resident memory so far, in MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+            .unwrap_or(f64::NAN)
+    }
+
     /// CPU seconds (user + system) the daemon has used so far.
     fn cpu_secs(&self) -> f64 {
         let stat =
@@ -456,6 +468,7 @@ async fn run_size(opts: &Opts, n: usize) {
         "  signed list + count    {}",
         signed_phase(&d, opts, &counted).await
     );
+    println!("  daemon peak RSS        {:.1} MiB", d.peak_rss_mib());
     if opts.wrk {
         wrk(
             opts,

@@ -4,6 +4,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+// Requests allocate many small short-lived buffers; mimalloc serves them
+// with less locking than glibc's allocator.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "blockd", version, about = "Block-storage daemon")]
 struct Cli {

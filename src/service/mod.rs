@@ -707,11 +707,15 @@ impl Service {
     }
 
     pub fn get_volume(&self, caller: &Caller, id: &str) -> Result<VolumeDetail> {
-        let v = self
+        let (volume, attachments, image_metadata) = self
             .store
-            .get_volume(caller.scope(), id)
+            .volume_detail(caller.scope(), id)
             .map_err(not_found(id))?;
-        self.detail(v)
+        Ok(VolumeDetail {
+            volume,
+            attachments,
+            image_metadata: image_metadata.into_iter().collect(),
+        })
     }
 
     pub fn list_volumes(&self, caller: &Caller, mut q: VolumeQuery) -> Result<Page<VolumeDetail>> {

@@ -19,13 +19,7 @@ pub enum ImageMetaChange {
 
 impl Store {
     pub fn image_metadata(&self, volume_id: &str) -> Result<Vec<(String, String)>> {
-        self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT key, value FROM volume_image_metadata WHERE volume_id = ?1 ORDER BY key",
-            )?;
-            let rows = st.query_map([volume_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
+        self.read(|c| image_metadata_in(c, volume_id))
     }
 
     /// The image metadata of several volumes in one query, by volume id
@@ -117,4 +111,15 @@ impl Store {
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
+}
+
+pub(super) fn image_metadata_in(
+    c: &rusqlite::Connection,
+    volume_id: &str,
+) -> Result<Vec<(String, String)>> {
+    let mut st = c.prepare_cached(
+        "SELECT key, value FROM volume_image_metadata WHERE volume_id = ?1 ORDER BY key",
+    )?;
+    let rows = st.query_map([volume_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }

@@ -162,8 +162,12 @@ fn attachment_from_row(r: &Row) -> rusqlite::Result<Attachment> {
     })
 }
 
-const ATTACHMENT_COLS: &str =
-    "id, volume_id, server_id, device, attached_at, delete_on_termination";
+macro_rules! attachment_cols {
+    () => {
+        "id, volume_id, server_id, device, attached_at, delete_on_termination"
+    };
+}
+const ATTACHMENT_COLS: &str = attachment_cols!();
 
 /// Fields an update may change; None leaves a field as it is.
 #[derive(Debug, Clone, Default)]
@@ -407,9 +411,16 @@ const READERS: usize = 4;
 /// several shapes, and rusqlite's default of 16 let them evict each other.
 const STATEMENT_CACHE: usize = 64;
 
-const VOLUME_COLS: &str = "id, project_id, user_id, name, description, size_gib, volume_type_id, \
-    volume_type, state, bootable, encrypted, multiattach, snapshot_id, source_volid, max_iops, \
-    max_throughput, backend, error_reason, created_at, modified_at";
+/// The volume columns `volume_from_row` reads, as a literal so that hot
+/// queries can be built with `concat!` rather than on every call.
+macro_rules! volume_cols {
+    () => {
+        "id, project_id, user_id, name, description, size_gib, volume_type_id, \
+         volume_type, state, bootable, encrypted, multiattach, snapshot_id, source_volid, max_iops, \
+         max_throughput, backend, error_reason, created_at, modified_at"
+    };
+}
+const VOLUME_COLS: &str = volume_cols!();
 
 const JOB_COLS: &str =
     "id, kind, volume_id, project_id, state, params, error, created_at, updated_at";
@@ -625,17 +636,47 @@ fn get_volume_in(c: &Connection, project: Option<&str>, id: &str) -> Result<Volu
         // Cached: shows are the commonest request, and parsing the SQL
         // each time cost more than running it.
         Some(p) => c
-            .prepare_cached(&format!(
-                "SELECT {VOLUME_COLS} FROM volumes WHERE id = ?1 AND project_id = ?2"
+            .prepare_cached(concat!(
+                "SELECT ",
+                volume_cols!(),
+                " FROM volumes WHERE id = ?1 AND project_id = ?2"
             ))?
             .query_row(params![id, p], volume_from_row)
             .optional()?,
         None => c
-            .prepare_cached(&format!("SELECT {VOLUME_COLS} FROM volumes WHERE id = ?1"))?
+            .prepare_cached(concat!(
+                "SELECT ",
+                volume_cols!(),
+                " FROM volumes WHERE id = ?1"
+            ))?
             .query_row(params![id], volume_from_row)
             .optional()?,
     };
     v.ok_or(StoreError::NotFound)
+}
+
+/// A volume's row, its attachments, and its image metadata by key.
+pub type VolumeRows = (Volume, Vec<Attachment>, Vec<(String, String)>);
+
+fn attachments_in(c: &Connection, volume_id: &str) -> Result<Vec<Attachment>> {
+    let mut st = c.prepare_cached(concat!(
+        "SELECT ",
+        attachment_cols!(),
+        " FROM attachments WHERE volume_id = ?1 ORDER BY attached_at, id"
+    ))?;
+    let rows = st.query_map([volume_id], attachment_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Runs `f` in one read transaction, which ends whether `f` succeeds or
+/// not. Its statements are cached like any other.
+fn in_read_transaction<T>(c: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    c.prepare_cached("BEGIN")?.execute([])?;
+    let out = f(c);
+    let end = c.prepare_cached("COMMIT").and_then(|mut s| s.execute([]));
+    let out = out?;
+    end?;
+    Ok(out)
 }
 
 /// The number of rows of `tbl` in `project` (or in all projects), as the
@@ -665,6 +706,9 @@ fn configure(c: &Connection) -> Result<()> {
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
         true,
     )?;
+    // Reads map the database rather than copy pages in with pread; this
+    // reserves address space, not memory.
+    c.query_row("PRAGMA mmap_size = 268435456", [], |_| Ok(()))?;
     Ok(())
 }
 
@@ -837,12 +881,19 @@ impl Store {
     }
 
     pub fn attachments(&self, volume_id: &str) -> Result<Vec<Attachment>> {
+        self.read(|c| attachments_in(c, volume_id))
+    }
+
+    /// A volume with its attachments and image metadata, read in one
+    /// transaction so that the three agree (and lock the database once).
+    pub fn volume_detail(&self, project: Option<&str>, id: &str) -> Result<VolumeRows> {
         self.read(|c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {ATTACHMENT_COLS} FROM attachments WHERE volume_id = ?1 ORDER BY attached_at, id"
-            ))?;
-            let rows = st.query_map([volume_id], attachment_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            in_read_transaction(c, |c| {
+                let v = get_volume_in(c, project, id)?;
+                let a = attachments_in(c, id)?;
+                let m = images::image_metadata_in(c, id)?;
+                Ok((v, a, m))
+            })
         })
     }
 
