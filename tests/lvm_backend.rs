@@ -13,7 +13,7 @@ use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -343,10 +343,40 @@ async fn ok(c: &Client, m: Method, path: &str, body: Value) {
     assert_eq!(a.status, StatusCode::ACCEPTED, "{path}: {}", a.text);
 }
 
+/// Attaches a volume with `body` and waits until it is in use.
+async fn attach(c: &Client, id: &str, body: Value) {
+    ok(c, Method::POST, &format!("/v1/volumes/{id}/servers"), body).await;
+    settled(c, id, "in-use").await;
+}
+
+/// Detaches a volume from `server` and waits until it is available.
+async fn detach(c: &Client, id: &str, server: &str) {
+    let a = c
+        .call(
+            Method::DELETE,
+            &format!("/v1/volumes/{id}/servers/{server}"),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    settled(c, id, "available").await;
+}
+
 /// create, attach and write through the export, snapshot (force on in-use),
 /// extend, snapshot, revert, create from the snapshot, delete.
 async fn lifecycle(t: Tier) {
-    let d = start(&t, "").await;
+    let run = tempfile::Builder::new()
+        .prefix("blockd-run")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let d = start(
+        &t,
+        &format!(
+            "[export]\nrun_dir = {:?}\n",
+            run.path().display().to_string()
+        ),
+    )
+    .await;
     let c = d.client("a");
     let v = c.create("vol", 8, None).await;
     let id = v["id"].as_str().unwrap().to_string();
@@ -354,14 +384,7 @@ async fn lifecycle(t: Tier) {
     assert_eq!(vol["size"], 8);
 
     // Attach; write through the export and read it back.
-    ok(
-        &c,
-        Method::POST,
-        &format!("/v1/volumes/{id}/servers"),
-        json!({"server_id": "srv"}),
-    )
-    .await;
-    settled(&c, &id, "in-use").await;
+    attach(&c, &id, json!({"server_id": "srv"})).await;
     let dev = host_path(&c, &id).await;
     write_spots(&dev, 1);
     assert_spots(&dev, 1);
@@ -405,15 +428,24 @@ async fn lifecycle(t: Tier) {
         assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
         wait_snapshot(&c, &sid, &[]).await;
     }
-    let a = c
-        .call(
-            Method::DELETE,
-            &format!("/v1/volumes/{id}/servers/srv"),
-            None,
-        )
-        .await;
-    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
-    settled(&c, &id, "available").await;
+    detach(&c, &id, "srv").await;
+
+    // Served over vhost-user-blk, the socket is named after the volume,
+    // whatever device backs it.
+    attach(
+        &c,
+        &id,
+        json!({"server_id": "vm", "export_kind": "vhost-user-blk"}),
+    )
+    .await;
+    let sock = host_path(&c, &id).await;
+    assert_eq!(sock, run.path().join(format!("vhost/{id}.sock")));
+    assert!(
+        std::fs::metadata(&sock).unwrap().file_type().is_socket(),
+        "{} is not a socket",
+        sock.display()
+    );
+    detach(&c, &id, "vm").await;
 
     // Extend, then the old bytes are still there and the tail reads zeros.
     let a = c

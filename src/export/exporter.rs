@@ -15,9 +15,16 @@ pub struct Exposed {
 
 pub trait Exporter: Send + Sync {
     fn kind(&self) -> &'static str;
-    /// Exposes `loc` and returns the host path. An existing export of the
-    /// same location is reused.
-    fn export(&self, loc: &Location, read_only: bool) -> Result<String, ExportError>;
+    /// Exposes volume `volume_id` at `loc` and returns the host path. An
+    /// existing export of the same location is reused. Kinds that name what
+    /// they make (vhost-user sockets) name it after the volume, so the path
+    /// stays the same across restarts whatever device backs it.
+    fn export(
+        &self,
+        volume_id: &str,
+        loc: &Location,
+        read_only: bool,
+    ) -> Result<String, ExportError>;
     /// Tears an export down; an absent one is Unchanged.
     fn unexport(&self, host_path: &str) -> Result<Change, ExportError>;
     /// Makes readers of the export see the backing store's new size.
@@ -34,11 +41,12 @@ pub trait Exporter: Send + Sync {
     fn export_as(
         &self,
         kind: &str,
+        volume_id: &str,
         loc: &Location,
         read_only: bool,
     ) -> Result<String, ExportError> {
         if kind == self.kind() {
-            self.export(loc, read_only)
+            self.export(volume_id, loc, read_only)
         } else {
             Err(ExportError::Unsupported(format!("export kind {kind:?}")))
         }
@@ -82,17 +90,23 @@ impl Exporter for Exporters {
     fn kind(&self) -> &'static str {
         self.kinds.first().map_or("none", |k| k.kind())
     }
-    fn export(&self, loc: &Location, read_only: bool) -> Result<String, ExportError> {
-        self.first()?.export(loc, read_only)
+    fn export(
+        &self,
+        volume_id: &str,
+        loc: &Location,
+        read_only: bool,
+    ) -> Result<String, ExportError> {
+        self.first()?.export(volume_id, loc, read_only)
     }
     fn export_as(
         &self,
         kind: &str,
+        volume_id: &str,
         loc: &Location,
         read_only: bool,
     ) -> Result<String, ExportError> {
         match self.kinds.iter().find(|k| k.kind() == kind) {
-            Some(k) => k.export(loc, read_only),
+            Some(k) => k.export(volume_id, loc, read_only),
             None => Err(ExportError::Unsupported(format!("export kind {kind:?}"))),
         }
     }
@@ -159,7 +173,12 @@ impl Exporter for LoopExporter {
         host_path.starts_with("/dev/")
     }
 
-    fn export(&self, loc: &Location, read_only: bool) -> Result<String, ExportError> {
+    fn export(
+        &self,
+        _volume_id: &str,
+        loc: &Location,
+        read_only: bool,
+    ) -> Result<String, ExportError> {
         let path = match loc {
             Location::File(p) | Location::BlockDevice(p) => p,
         };

@@ -1062,13 +1062,19 @@ impl VhostExporter {
         }
     }
 
-    /// The socket a volume is served on.
-    pub fn socket_for(&self, backing: &Path) -> PathBuf {
-        let stem = backing
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("volume");
-        self.dir.join(format!("{stem}.sock"))
+    /// The socket volume `volume_id` is served on. Ids are server-made
+    /// UUIDs; anything else that could leave the dir is refused.
+    pub fn socket_for(&self, volume_id: &str) -> Result<PathBuf, ExportError> {
+        let plain = !volume_id.is_empty()
+            && volume_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !plain {
+            return Err(ExportError::Invalid(format!(
+                "cannot name a socket after volume id {volume_id:?}"
+            )));
+        }
+        Ok(self.dir.join(format!("{volume_id}.sock")))
     }
 
     /// Whether a frontend is connected to this socket now.
@@ -1082,6 +1088,7 @@ impl VhostExporter {
 
     fn start(
         &self,
+        socket: PathBuf,
         path: &Path,
         block_device: bool,
         read_only: bool,
@@ -1093,8 +1100,11 @@ impl VhostExporter {
             .map_err(|e| ExportError::from_io("open", path, e))?;
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| ExportError::from_io("create socket dir", &self.dir, e))?;
-        let socket = self.socket_for(path);
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        let stem = socket
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_string();
         let shared = Arc::new(Shared::new(file, path, block_device, read_only));
         let size = shared
             .size_now()
@@ -1238,7 +1248,12 @@ impl super::Exporter for VhostExporter {
         Path::new(host_path).starts_with(&self.dir)
     }
 
-    fn export(&self, loc: &Location, read_only: bool) -> Result<String, ExportError> {
+    fn export(
+        &self,
+        volume_id: &str,
+        loc: &Location,
+        read_only: bool,
+    ) -> Result<String, ExportError> {
         let (path, block) = match loc {
             Location::File(p) => (p, false),
             Location::BlockDevice(p) => (p, true),
@@ -1247,7 +1262,7 @@ impl super::Exporter for VhostExporter {
             || std::fs::metadata(path)
                 .map(|m| m.file_type().is_block_device())
                 .unwrap_or(false);
-        let socket = self.socket_for(path);
+        let socket = self.socket_for(volume_id)?;
         let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = served.get(&socket) {
             if s.shared.read_only == read_only {
@@ -1263,7 +1278,7 @@ impl super::Exporter for VhostExporter {
                 self.stop(old);
             }
         }
-        let s = self.start(path, block, read_only)?;
+        let s = self.start(socket.clone(), path, block, read_only)?;
         served.insert(socket.clone(), s);
         Ok(socket.display().to_string())
     }

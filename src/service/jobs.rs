@@ -374,7 +374,7 @@ impl Service {
         };
         let host_path = self
             .exporter
-            .export_as(&kind, &loc, read_only)
+            .export_as(&kind, &v.id, &loc, read_only)
             .map_err(|e| err(&e))?;
         crate::failpoint::crash_point("export-before-commit");
         if known.as_ref().map(|k| k.host_path.as_str()) != Some(host_path.as_str()) {
